@@ -1,0 +1,26 @@
+# Two commands set everything up on a fresh machine:
+#   make book   build the Jupyter Book (executing the notebooks) into _build/html
+#   make test   run the whole test suite, notebooks included
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: book test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	touch $(STAMP)
+
+book: $(STAMP)
+	FECLIP_PROFILE=$${FECLIP_PROFILE:-auto} $(BIN)/jupyter-book build . -W --keep-going
+
+test: $(STAMP)
+	FECLIP_PROFILE=smoke $(BIN)/python -m pytest
+
+clean:
+	rm -rf _build .pytest_cache

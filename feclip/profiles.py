@@ -1,0 +1,174 @@
+"""Run profiles: every size the notebooks and smoke runs use, in one place.
+
+* ``full``: the paper's setting. ViT-L-14-336 with OpenAI weights on a GPU, MVTec AD and
+  VisA under ``$FECLIP_DATA`` (``$FECLIP_DATA/mvtec`` and ``$FECLIP_DATA/visa``, each as
+  released), 9 epochs at batch 16.
+* ``smoke``: the randomly initialised ``feclip-tiny`` backbone on the synthetic defect
+  benchmark, on a CPU, seconds per notebook cell. Its numbers show that the code runs
+  and learns; they are not the paper's numbers.
+* ``auto`` (default): ``full`` when a GPU, the weights and both data sets are all
+  available, otherwise ``smoke``.
+
+The profile is chosen with the environment variable ``FECLIP_PROFILE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["Profile", "FULL", "SMOKE", "PROFILES", "resolve_profile", "full_profile_available", "announce"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and sources of one run profile.
+
+    Attributes:
+        name: ``"full"`` or ``"smoke"``.
+        backbone: open_clip model name.
+        pretrained: Pretrained tag, or ``None`` for random weights.
+        device: ``"cuda"`` or ``"cpu"``.
+        data_root: Root holding the data sets (``mvtec``/``visa``, or the synthetic ``textures``/``objects``).
+        train_dataset: Dataset kind trained on (the auxiliary data set of the zero-shot protocol).
+        eval_dataset: Dataset kind evaluated on (never seen in training).
+        epochs: Training epochs.
+        batch_size: Training batch size.
+        max_images_per_category: Cap on evaluation images per category (``None``: all).
+        num_workers: DataLoader workers.
+        winclip_backbone: Backbone of the WinCLIP baseline.
+        seed: Random seed.
+    """
+
+    name: str
+    backbone: str
+    pretrained: str | None
+    device: str
+    data_root: Path
+    train_dataset: str
+    eval_dataset: str
+    epochs: int
+    batch_size: int
+    max_images_per_category: int | None
+    num_workers: int
+    winclip_backbone: str
+    seed: int = 0
+
+    @property
+    def is_smoke(self) -> bool:
+        """Whether this is the CPU smoke profile."""
+        return self.name == "smoke"
+
+    def spec(self, kind: str) -> str:
+        """Dataset spec for :func:`feclip.data.build_dataset`, e.g. ``"mvtec:/data/mvtec"``."""
+        return f"{kind.split('-')[0]}:{self.data_root / kind.split('-')[-1]}"
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("FECLIP_DATA", "data")).expanduser()
+
+
+FULL = Profile(
+    name="full",
+    backbone="ViT-L-14-336",
+    pretrained="openai",
+    device="cuda",
+    data_root=_data_root(),
+    train_dataset="visa",
+    eval_dataset="mvtec",
+    epochs=9,
+    batch_size=16,
+    max_images_per_category=None,
+    num_workers=4,
+    winclip_backbone="ViT-B-16-plus-240",
+)
+
+SMOKE = Profile(
+    name="smoke",
+    backbone="feclip-tiny",
+    pretrained=None,
+    device="cpu",
+    data_root=Path(os.environ.get("FECLIP_SMOKE_DATA", Path.home() / ".cache" / "feclip" / "synthetic")).expanduser(),
+    train_dataset="synth-objects",
+    eval_dataset="synth-textures",
+    epochs=3,
+    batch_size=8,
+    max_images_per_category=None,
+    num_workers=0,
+    winclip_backbone="feclip-tiny",
+)
+
+PROFILES = {"full": FULL, "smoke": SMOKE}
+
+
+def full_profile_available() -> tuple[bool, str]:
+    """Whether the full profile can run here, and if not, why.
+
+    Returns:
+        ``(available, reason)``.
+    """
+    from feclip.backbones import pretrained_available
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU"
+    root = _data_root()
+    missing = [name for name in ("mvtec", "visa") if not (root / name).is_dir()]
+    if missing:
+        return False, f"no {', '.join(missing)} under FECLIP_DATA={root}"
+    if not pretrained_available(FULL.backbone, FULL.pretrained):
+        return False, f"{FULL.backbone} / {FULL.pretrained} weights not reachable"
+    return True, "GPU, weights and data found"
+
+
+def resolve_profile(name: str | None = None) -> Profile:
+    """The profile to run: ``name``, else ``$FECLIP_PROFILE``, else ``"auto"``.
+
+    Args:
+        name: ``"full"``, ``"smoke"`` or ``"auto"``.
+
+    Returns:
+        The resolved :class:`Profile` (``auto`` becomes ``full`` or ``smoke``).
+    """
+    name = (name or os.environ.get("FECLIP_PROFILE") or "auto").lower()
+    if name == "auto":
+        available, _ = full_profile_available()
+        return dataclasses.replace(FULL, data_root=_data_root()) if available else SMOKE
+    if name == "full":
+        return dataclasses.replace(FULL, data_root=_data_root())
+    if name == "smoke":
+        return SMOKE
+    raise ValueError(f"FECLIP_PROFILE must be 'full', 'smoke' or 'auto', got {name!r}")
+
+
+def announce(profile: Profile) -> None:
+    """Show which profile ran, as one admonition in a notebook (plain text elsewhere)."""
+    if profile.is_smoke:
+        title = "Profile: smoke"
+        body = (
+            f"Ran on the CPU with the randomly initialised {profile.backbone} backbone on the synthetic defect "
+            "benchmark. These numbers show that the code runs and learns; they are not the paper's numbers. "
+            "Set FECLIP_PROFILE=full on a GPU with the OpenAI weights and MVTec AD / VisA to reproduce the paper."
+        )
+    else:
+        title = "Profile: full"
+        body = f"{profile.backbone} ({profile.pretrained}) on {profile.device}, data under {profile.data_root}."
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+
+        if get_ipython() is not None:
+            display(
+                HTML(
+                    f'<div class="admonition {"warning" if profile.is_smoke else "note"}">'
+                    f'<p class="admonition-title">{html.escape(title)}</p><p>{html.escape(body)}</p></div>'
+                )
+            )
+            return
+    except ImportError:
+        pass
+    print(f"{title}: {body}")
