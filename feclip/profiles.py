@@ -17,12 +17,23 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["Profile", "FULL", "SMOKE", "PROFILES", "resolve_profile", "full_profile_available", "announce"]
+__all__ = [
+    "Profile",
+    "FULL",
+    "SMOKE",
+    "PROFILES",
+    "resolve_profile",
+    "full_profile_available",
+    "ensure_data",
+    "announce",
+]
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,44 @@ def resolve_profile(name: str | None = None) -> Profile:
     if name == "smoke":
         return SMOKE
     raise ValueError(f"FECLIP_PROFILE must be 'full', 'smoke' or 'auto', got {name!r}")
+
+
+def ensure_data(profile: Profile) -> Path:
+    """The profile's data root, generating the synthetic benchmark there first if the smoke profile needs it.
+
+    Generation writes to a temporary sibling folder and renames it into place, so notebooks
+    that call this at the same time never see a half-written benchmark.
+
+    Args:
+        profile: The run profile.
+
+    Returns:
+        The data root.
+
+    Raises:
+        FileNotFoundError: The full profile's data sets are not under ``profile.data_root``.
+    """
+    root = profile.data_root
+    kinds = {profile.train_dataset, profile.eval_dataset}
+    needed = [root / kind.split("-")[-1] for kind in kinds]
+    if all(path.is_dir() for path in needed):
+        return root
+    if not profile.is_smoke:
+        missing = ", ".join(str(p) for p in needed if not p.is_dir())
+        raise FileNotFoundError(f"data set folders not found: {missing} (set FECLIP_DATA)")
+    from feclip.data.synthetic import generate_benchmark
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        generate_benchmark(staging, seed=profile.seed)
+        try:
+            staging.rename(root)
+        except OSError:  # another process finished first: its copy is identical (same seed)
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
 
 
 def announce(profile: Profile) -> None:
