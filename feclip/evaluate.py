@@ -1,0 +1,384 @@
+"""Run an anomaly predictor over a test set and tabulate its metrics.
+
+:func:`evaluate` feeds a torch ``Dataset`` of data-item dicts (``image``, ``mask``,
+``label``, ``category``, ``has_mask``, ...) through any
+:class:`~feclip.predictor.AnomalyPredictor` and returns one row per category plus
+the ``"macro"`` (mean over categories, as FE-CLIP and most papers report) and
+``"micro"`` (all images or pixels pooled) rows. Values are fractions in ``[0, 1]``;
+:func:`format_percent` turns them into percentages for printing.
+
+:class:`AnomalyMetrics` is the streaming accumulator behind it, usable on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from feclip.metrics import (
+    METRIC_COLUMNS,
+    NAN,
+    PIXEL_METRICS,
+    Connectivity,
+    histogram_metrics,
+    image_metrics,
+    label_regions,
+    pixel_metrics,
+)
+from feclip.predictor import AnomalyPrediction, AnomalyPredictor
+
+__all__ = ["resize_maps", "resize_masks", "AnomalyMetrics", "evaluate", "format_percent"]
+
+
+def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_maps(anomaly_maps: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Bilinear resize (anti-aliased when shrinking) of maps ``(B, H, W)`` to ``(B, *size)``."""
+    size = _size_pair(size)
+    if tuple(anomaly_maps.shape[-2:]) == size:
+        return anomaly_maps
+    resized = F.interpolate(
+        anomaly_maps[:, None].float(), size=size, mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized[:, 0]
+
+
+def resize_masks(masks: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Resize binary masks ``(B, H, W)`` to ``(B, *size)`` as booleans.
+
+    Shrinking max-pools, so a defect smaller than the new pixels survives as one pixel
+    instead of vanishing; growing uses nearest neighbours.
+    """
+    size = _size_pair(size)
+    masks = masks.float()
+    if tuple(masks.shape[-2:]) == size:
+        return masks > 0.5
+    binary = (masks > 0.5).float()[:, None]
+    if size[0] <= masks.shape[-2] and size[1] <= masks.shape[-1]:
+        return F.adaptive_max_pool2d(binary, size)[:, 0] > 0.5
+    return F.interpolate(binary, size=size, mode="nearest")[:, 0] > 0.5
+
+
+@dataclass
+class _Category:
+    """What :class:`AnomalyMetrics` keeps for one category."""
+
+    scores: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)  # map_dtype, (b, h, w)
+    masks: list[np.ndarray] = field(default_factory=list)  # bool, (b, h, w)
+    pixels_valid: bool = True
+    n_items: int = 0
+    histograms: np.ndarray | None = None  # (3, num_bins): positives, negatives, region weights
+    n_regions: int = 0
+    result: dict[str, float] | None = None
+
+
+class AnomalyMetrics:
+    """Per-category, macro and micro metrics accumulated batch by batch.
+
+    Memory model: image scores are kept in full (a few bytes per image). Pixel maps are kept
+    only per category, resized to ``pixel_size`` if given (maps bilinearly, masks by max-pooling)
+    and stored as ``map_dtype`` maps plus boolean masks: 3 bytes per pixel at the default
+    float16, i.e. 200 MB for 1000 images at 256 x 256. A category is finalised, and its maps
+    freed, as soon as ``expected_counts`` says it is complete, otherwise at :meth:`compute`.
+    Each category also keeps three ``num_bins`` histograms of its pixel scores (1.5 MB at the
+    default ``2**16`` bins). float16 keeps about 3 significant digits, so scores closer than
+    ~0.05 % become ties; pass ``map_dtype=np.float32`` for scores exactly as predicted.
+
+    Micro (pooled) pixel metrics come from the sum of those histograms over ``score_range``,
+    split into ``num_bins`` equal bins, so they are exact for the stored scores rounded to the
+    bins; scores outside the range fall into the edge bins (with a warning). Micro image
+    metrics are exact. Categories whose anomalous images lack masks (``has_mask`` false) get
+    ``NaN`` pixel metrics and are left out of the micro pixel pool; the macro row is the mean
+    over the categories where a metric is defined.
+
+    Args:
+        pixel_size: Side (or ``(H, W)``) of the stored pixel maps; ``None`` keeps the masks' size.
+        fpr_limit: FPR limit of AUPRO.
+        connectivity: Region connectivity of AUPRO, ``8`` (MVTec AD) or ``4``.
+        expected_counts: Number of test images per category, to free a category's maps early.
+        num_bins: Histogram bins of the micro pixel metrics.
+        score_range: Range of pixel scores that the histogram bins cover.
+        map_dtype: Floating dtype of the stored pixel maps.
+    """
+
+    def __init__(
+        self,
+        pixel_size: int | Sequence[int] | None = None,
+        *,
+        fpr_limit: float = 0.3,
+        connectivity: Connectivity = 8,
+        expected_counts: Mapping[str, int] | None = None,
+        num_bins: int = 2**16,
+        score_range: tuple[float, float] = (0.0, 1.0),
+        map_dtype: npt.DTypeLike = np.float16,
+    ) -> None:
+        if score_range[1] <= score_range[0]:
+            raise ValueError(f"score_range must be increasing, got {score_range}")
+        self.pixel_size = None if pixel_size is None else _size_pair(pixel_size)
+        self.fpr_limit, self.connectivity = fpr_limit, connectivity
+        self.expected_counts = dict(expected_counts or {})
+        self.num_bins, self.score_range = num_bins, score_range
+        self.map_dtype = np.dtype(map_dtype)
+        if self.map_dtype.kind != "f":
+            raise ValueError(f"map_dtype must be a floating dtype, got {self.map_dtype}")
+        self.categories: dict[str, _Category] = {}
+        self._warned_range = False
+
+    def update(
+        self,
+        pred_score: torch.Tensor | np.ndarray,
+        label: torch.Tensor | np.ndarray,
+        anomaly_map: torch.Tensor | np.ndarray | None = None,
+        mask: torch.Tensor | np.ndarray | None = None,
+        has_mask: torch.Tensor | np.ndarray | Sequence[bool] | None = None,
+        category: str | Sequence[str] | None = None,
+    ) -> None:
+        """Add one batch.
+
+        Args:
+            pred_score: Image scores, shape ``(B,)``.
+            label: Image labels, shape ``(B,)``, ``1`` for anomalous.
+            anomaly_map: Pixel scores, shape ``(B, H, W)``; resized bilinearly to the masks'
+                size (or ``pixel_size``) when it differs. ``None`` skips pixel metrics.
+            mask: Ground-truth masks, shape ``(B, H', W')``, values in ``{0, 1}``.
+            has_mask: Per image, shape ``(B,)``, whether ``mask`` is real; a normal image without
+                one counts as all-normal pixels. ``None`` means all masks are real.
+            category: One category for the batch or one per image; ``None`` means ``"all"``.
+        """
+        scores = torch.as_tensor(pred_score).detach().float().cpu().reshape(-1).numpy()
+        labels = torch.as_tensor(label).detach().cpu().reshape(-1).numpy().astype(np.int8)
+        batch = scores.size
+        if labels.size != batch or not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"label must hold {batch} values in {{0, 1}} (no unlabelled -1), got {labels}")
+        names = [category or "all"] * batch if category is None or isinstance(category, str) else list(category)
+        if len(names) != batch:
+            raise ValueError(f"got {len(names)} categories for a batch of {batch} images")
+        if {"macro", "micro"} & set(names):
+            raise ValueError("'macro' and 'micro' are reserved row names, not category names")
+        maps = masks = None
+        if anomaly_map is not None:
+            if mask is None:
+                raise ValueError("anomaly_map was given without mask")
+            maps = torch.as_tensor(anomaly_map).detach().float().cpu()
+            masks = torch.as_tensor(mask).detach().cpu()
+            maps, masks = (x[:, 0] if x.ndim == 4 else x for x in (maps, masks))  # tolerate (B, 1, H, W)
+            if maps.shape[0] != batch or masks.shape[0] != batch:
+                raise ValueError(f"anomaly_map {tuple(maps.shape)} and mask {tuple(masks.shape)} need {batch} items")
+        valid = np.ones(batch, bool) if has_mask is None else torch.as_tensor(has_mask).cpu().numpy().astype(bool)
+        for name in dict.fromkeys(names):
+            index = np.flatnonzero(np.asarray(names) == name)
+            state = self.categories.setdefault(name, _Category())
+            if state.result is not None:
+                raise ValueError(
+                    f"category {name!r} got more images after it was finalised with "
+                    f"{state.n_items}; expected_counts says {self.expected_counts.get(name)}"
+                )
+            state.scores.append(scores[index])
+            state.labels.append(labels[index])
+            state.n_items += index.size
+            if maps is None or not valid[index][labels[index] == 1].all():
+                self._drop_pixels(state)  # pixel metrics need a mask for every anomalous image
+            elif state.pixels_valid:
+                selected = torch.as_tensor(index)
+                self._add_pixels(state, maps[selected], masks[selected], valid[index])
+            expected = self.expected_counts.get(name)
+            if expected is not None and state.n_items > expected:
+                raise ValueError(f"category {name!r} has more than the {expected} images in expected_counts")
+            if expected is not None and state.n_items == expected:
+                self.finalize_category(name)
+
+    @staticmethod
+    def _drop_pixels(state: _Category) -> None:
+        state.pixels_valid, state.maps, state.masks, state.histograms = False, [], [], None
+
+    def _add_pixels(self, state: _Category, maps: torch.Tensor, masks: torch.Tensor, has_mask: np.ndarray) -> None:
+        size = self.pixel_size or tuple(masks.shape[-2:])
+        binary = resize_masks(masks, size).numpy()
+        binary[~has_mask] = False  # a normal image without a mask file has no defect
+        stored = resize_maps(maps, size).numpy().astype(self.map_dtype)
+        if not np.isfinite(stored).all():
+            raise ValueError(f"anomaly_map has NaN, infinite or {self.map_dtype}-overflowing values")
+        state.maps.append(stored)
+        state.masks.append(binary)
+        low, high = self.score_range
+        if not self._warned_range and (stored.min() < low or stored.max() > high):
+            self._warned_range = True
+            warnings.warn(
+                f"anomaly_map values outside score_range={self.score_range} share the edge bins of the micro "
+                "pixel histograms; pass a wider score_range to AnomalyMetrics",
+                stacklevel=3,
+            )
+        scaled = (stored.astype(np.float64).ravel() - low) * (self.num_bins / (high - low))
+        bins = np.clip(scaled, 0, self.num_bins - 1).astype(np.int64)
+        regions, n_regions = label_regions(binary, self.connectivity)
+        regions = regions.ravel()
+        weights = np.zeros(regions.size)
+        defect = regions > 0
+        weights[defect] = 1.0 / np.bincount(regions)[regions[defect]]
+        if state.histograms is None:
+            state.histograms = np.zeros((3, self.num_bins))
+        state.histograms[0] += np.bincount(bins[defect], minlength=self.num_bins)
+        state.histograms[1] += np.bincount(bins[~defect], minlength=self.num_bins)
+        state.histograms[2] += np.bincount(bins, weights=weights, minlength=self.num_bins)
+        state.n_regions += n_regions
+
+    def finalize_category(self, name: str) -> dict[str, float]:
+        """Compute one category's metrics now and free its pixel maps."""
+        state = self.categories[name]
+        if state.result is None:
+            result = image_metrics(np.concatenate(state.scores), np.concatenate(state.labels))
+            result.update(dict.fromkeys(PIXEL_METRICS, NAN))
+            if state.pixels_valid and state.maps:
+                options = {"fpr_limit": self.fpr_limit, "connectivity": self.connectivity}
+                result.update(pixel_metrics(state.maps, state.masks, **options))
+            state.result, state.maps, state.masks = result, [], []
+        return dict(state.result)
+
+    def compute(self) -> pd.DataFrame:
+        """Finalise every category and tabulate.
+
+        Returns:
+            A DataFrame indexed by category, then ``"macro"`` and ``"micro"``, with the columns
+            :data:`METRIC_COLUMNS` (fractions in ``[0, 1]``), ``n_images`` and ``n_anomalous``.
+        """
+        if not self.categories:
+            raise ValueError("no batches were added; call update() first")
+        rows = {name: self.finalize_category(name) for name in self.categories}
+        table = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRIC_COLUMNS))
+        labels = {name: np.concatenate(state.labels) for name, state in self.categories.items()}
+        table["n_images"] = [labels[name].size for name in table.index]
+        table["n_anomalous"] = [int(labels[name].sum()) for name in table.index]
+        macro = table[list(METRIC_COLUMNS)].mean(axis=0, skipna=True)
+        all_scores = np.concatenate([s for state in self.categories.values() for s in state.scores])
+        micro = image_metrics(all_scores, np.concatenate(list(labels.values())))
+        pooled = [state for state in self.categories.values() if state.pixels_valid and state.histograms is not None]
+        if pooled:
+            histograms = np.sum([state.histograms for state in pooled], axis=0)
+            n_regions = sum(state.n_regions for state in pooled)
+            micro.update(histogram_metrics(*histograms, n_regions, fpr_limit=self.fpr_limit))
+        table.loc["macro"] = [*macro, table["n_images"].sum(), table["n_anomalous"].sum()]
+        table.loc["micro"] = [*(micro.get(key, NAN) for key in METRIC_COLUMNS), *table.loc["macro"].iloc[-2:]]
+        table[["n_images", "n_anomalous"]] = table[["n_images", "n_anomalous"]].astype(int)
+        table.index.name = "category"
+        return table
+
+    def reset(self) -> None:
+        """Forget everything added so far."""
+        self.categories, self._warned_range = {}, False
+
+
+_REQUIRED_KEYS = ("image", "mask", "label", "category")
+
+
+def _category_counts(dataset: Dataset) -> dict[str, int] | None:
+    """Images per category from ``dataset.samples`` without loading an image, else ``None``."""
+    samples = getattr(dataset, "samples", None)
+    if not isinstance(samples, Sequence) or not all(hasattr(sample, "category") for sample in samples):
+        return None
+    return dict(Counter(str(sample.category) for sample in samples))
+
+
+def evaluate(
+    predictor: AnomalyPredictor,
+    dataset: Dataset,
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    pixel_size: int | Sequence[int] | None = None,
+    progress: bool = True,
+    output_dir: str | Path | None = None,
+    expected_counts: Mapping[str, int] | None = None,
+    map_dtype: npt.DTypeLike = np.float16,
+) -> pd.DataFrame:
+    """Score every test image of ``dataset`` with ``predictor`` and tabulate the metrics.
+
+    The predictor runs in eval mode (``.eval()`` is called if it has one; an ``nn.Module``
+    is also moved to ``device``) under ``torch.inference_mode``. Anomaly maps whose size
+    differs from the masks' are resized bilinearly before scoring.
+
+    Args:
+        predictor: Callable ``predictor(images (B, 3, H, W)) -> AnomalyPrediction`` with
+            ``pred_score (B,)`` and ``anomaly_map (B, h, w)``.
+        dataset: Map-style dataset of dicts with ``image (3, S, S)``, ``mask (S, S)``,
+            ``label`` (0/1), ``category`` (str) and optionally ``has_mask`` (bool).
+        batch_size: Images per forward pass.
+        num_workers: DataLoader worker processes.
+        device: Where the images (and a module predictor) go.
+        pixel_size: Side of the stored pixel maps (see :class:`AnomalyMetrics`); ``None`` keeps
+            the masks' resolution.
+        progress: Show a tqdm progress bar.
+        output_dir: If given, write ``metrics.csv`` and ``metrics.json`` there.
+        expected_counts: Images per category, so that each category's maps are freed as soon
+            as it is complete; by default counted from ``dataset.samples`` (records with a
+            ``category``, as :class:`feclip.data.AnomalyDataset` has) when there is such a list.
+        map_dtype: Dtype of the stored pixel maps; ``np.float32`` avoids float16's rounding.
+
+    Returns:
+        DataFrame indexed by category, then ``"macro"`` and ``"micro"``, with columns
+        ``image_auroc, image_ap, image_f1max, pixel_auroc, pixel_ap, pixel_f1max, pixel_aupro``
+        (fractions in ``[0, 1]``, ``NaN`` where undefined), ``n_images`` and ``n_anomalous``.
+    """
+    if hasattr(predictor, "eval"):
+        predictor.eval()
+    if isinstance(predictor, torch.nn.Module):
+        predictor.to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    if expected_counts is None:
+        expected_counts = _category_counts(dataset)
+    metrics = AnomalyMetrics(pixel_size, expected_counts=expected_counts, map_dtype=map_dtype)
+    with torch.inference_mode(), tqdm(total=len(loader), desc="evaluate", disable=not progress) as bar:
+        for batch in loader:
+            missing = [key for key in _REQUIRED_KEYS if key not in batch]
+            if missing:
+                raise KeyError(f"dataset items lack the keys {missing}; evaluate needs {list(_REQUIRED_KEYS)}")
+            prediction = predictor(batch["image"].to(device))
+            if not isinstance(prediction, AnomalyPrediction):
+                raise TypeError(f"predictor must return an AnomalyPrediction, got {type(prediction).__name__}")
+            metrics.update(
+                prediction.pred_score,
+                batch["label"],
+                prediction.anomaly_map,
+                batch["mask"],
+                batch.get("has_mask"),
+                batch["category"],
+            )
+            bar.set_postfix(category=batch["category"][-1], refresh=False)
+            bar.update()
+    table = metrics.compute()
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output_dir / "metrics.csv")
+        records = table.astype(object).where(table.notna(), None).to_dict(orient="index")  # NaN -> null
+        (output_dir / "metrics.json").write_text(json.dumps(records, indent=2) + "\n")
+    return table
+
+
+def format_percent(table: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
+    """Metric columns as percentages rounded to ``decimals``; count columns untouched.
+
+    Args:
+        table: A table from :func:`evaluate` or :meth:`AnomalyMetrics.compute`.
+        decimals: Digits after the decimal point.
+    """
+    formatted = table.copy()
+    columns = [column for column in METRIC_COLUMNS if column in formatted.columns]
+    formatted[columns] = (formatted[columns] * 100).round(decimals)
+    return formatted

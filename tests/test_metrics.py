@@ -1,0 +1,201 @@
+"""Metrics against scikit-learn, scipy and plainly written brute-force references."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from feclip.metrics import (
+    PIXEL_METRICS,
+    aupro,
+    auroc,
+    average_precision,
+    f1_max,
+    histogram_metrics,
+    image_metrics,
+    label_regions,
+    pixel_metrics,
+    pro_curve,
+)
+
+
+def brute_force_f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
+    best = 0.0
+    for threshold in np.unique(scores):
+        predicted = scores >= threshold
+        true_pos = np.sum(predicted & labels)
+        false_pos = np.sum(predicted & ~labels)
+        false_neg = np.sum(~predicted & labels)
+        if true_pos:
+            best = max(best, 2 * true_pos / (2 * true_pos + false_pos + false_neg))
+    return best
+
+
+def brute_force_aupro(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], fpr_limit: float = 0.3) -> float:
+    """MVTec AD's definition, one threshold at a time; images ``(H, W)`` may differ in size.
+
+    Regions are labelled image by image with 8-connectivity.
+    """
+    regions = []  # (image index, boolean region mask)
+    for i, image_mask in enumerate(masks):
+        labelled, count = ndimage.label(image_mask, structure=np.ones((3, 3)))
+        regions += [(i, labelled == k) for k in range(1, count + 1)]
+    normal_scores = np.concatenate([m[~k] for m, k in zip(maps, masks)])
+    all_scores = np.concatenate([m.ravel() for m in maps])
+    points = [(0.0, 0.0)]
+    for threshold in np.sort(np.unique(all_scores))[::-1]:
+        fpr = np.mean(normal_scores >= threshold)
+        pro = np.mean([np.mean(maps[i][region] >= threshold) for i, region in regions])
+        points.append((fpr, pro))
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        if x0 >= fpr_limit:
+            break
+        if x1 > fpr_limit:  # cut the segment at the limit
+            y1 = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+            x1 = fpr_limit
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / fpr_limit
+
+
+def random_masks(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """Blobs of several regions per image, some touching only diagonally."""
+    masks = np.zeros((n, size, size), bool)
+    for image in masks:
+        for _ in range(rng.integers(1, 4)):
+            top, left = rng.integers(0, size - 3, size=2)
+            height, width = rng.integers(1, 4, size=2)
+            image[top : top + height, left : left + width] = True
+    masks[0] = False  # one fully normal image
+    masks[1, 0, 0] = masks[1, 1, 1] = True  # a diagonal pair: one region with 8-connectivity, two with 4
+    masks[1, 0, 1] = masks[1, 1, 0] = False
+    return masks
+
+
+def test_image_metrics_agree_with_sklearn_and_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(200) < 0.4
+    scores = np.round(rng.random(200) + 0.5 * labels, 2)  # rounding makes ties
+    expected_f1 = brute_force_f1_max(scores, labels)
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert average_precision(scores, labels) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert f1_max(scores, labels) == pytest.approx(expected_f1, abs=1e-12)
+    assert image_metrics(scores, labels) == pytest.approx(
+        {
+            "image_auroc": roc_auc_score(labels, scores),
+            "image_ap": average_precision_score(labels, scores),
+            "image_f1max": expected_f1,
+        }
+    )
+
+
+def test_hand_computed_image_metrics() -> None:
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    labels = np.array([0, 0, 1, 1])
+    # Pairs (pos, neg) ranked right: (0.35 > 0.1), (0.8 > 0.1), (0.8 > 0.4) -> 3 of 4.
+    assert auroc(scores, labels) == pytest.approx(0.75)
+    # Thresholds 0.8 -> P=1, R=0.5; 0.4 -> P=0.5; 0.35 -> P=2/3, R=1: AP = 0.5 * 1 + 0.5 * 2/3.
+    assert average_precision(scores, labels) == pytest.approx(0.5 + 1 / 3)
+    assert f1_max(scores, labels) == pytest.approx(0.8)  # at 0.35: P=2/3, R=1
+
+
+def test_single_class_gives_nan() -> None:
+    scores = np.array([0.2, 0.5, 0.9])
+    for labels in (np.zeros(3), np.ones(3)):
+        assert all(math.isnan(v) for v in image_metrics(scores, labels).values())
+        assert math.isnan(auroc(scores, labels)) and math.isnan(f1_max(scores, labels))
+    maps = np.random.default_rng(1).random((2, 5, 5))
+    assert all(math.isnan(v) for v in pixel_metrics(maps, np.zeros((2, 5, 5))).values())
+    assert math.isnan(aupro(maps, np.ones((2, 5, 5))))
+
+
+@pytest.mark.parametrize("decimals", [2, None])  # with and without tied scores
+def test_aupro_matches_brute_force(decimals: int | None) -> None:
+    rng = np.random.default_rng(2)
+    masks = random_masks(rng, 5, 12)
+    maps = rng.random(masks.shape) + 0.6 * masks
+    if decimals is not None:
+        maps = np.round(maps, decimals)
+    expected = brute_force_aupro(maps, masks)
+    assert aupro(maps, masks) == pytest.approx(expected, abs=1e-9)
+    assert aupro(maps, masks, fpr_limit=0.05) == pytest.approx(brute_force_aupro(maps, masks, 0.05), abs=1e-9)
+    assert 0.0 < expected < 1.0
+
+
+def test_pro_curve_ends_at_one_and_connectivity_counts_diagonals() -> None:
+    rng = np.random.default_rng(3)
+    masks = random_masks(rng, 4, 10)
+    fpr, pro = pro_curve(rng.random(masks.shape), masks)
+    assert (fpr[0], pro[0]) == (0.0, 0.0) and fpr[-1] == pytest.approx(1.0) and pro[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(pro) >= 0)
+    diagonal = np.array([[[1, 0], [0, 1]]], bool)
+    assert label_regions(diagonal, 8)[1] == 1 and label_regions(diagonal, 4)[1] == 2
+    stacked = np.ones((2, 3, 3), bool)  # identical masks on two images stay two regions
+    assert label_regions(stacked)[1] == 2
+
+
+def test_perfect_and_inverted_maps() -> None:
+    masks = random_masks(np.random.default_rng(4), 4, 10)
+    perfect = pixel_metrics(masks.astype(np.float32), masks)
+    assert perfect == pytest.approx(dict.fromkeys(PIXEL_METRICS, 1.0))
+    inverted = pixel_metrics(1.0 - masks.astype(np.float32), masks)
+    assert inverted["pixel_auroc"] == 0.0 and inverted["pixel_aupro"] == 0.0
+
+
+def test_pixel_metrics_agree_with_sklearn_and_accept_batches_of_different_sizes() -> None:
+    rng = np.random.default_rng(5)
+    masks_a, masks_b = random_masks(rng, 3, 12), random_masks(rng, 2, 9)
+    maps_a, maps_b = rng.random(masks_a.shape) + masks_a, rng.random(masks_b.shape) + 0.3 * masks_b
+    result = pixel_metrics([maps_a, maps_b], [masks_a, masks_b])
+    scores = np.concatenate([maps_a.ravel(), maps_b.ravel()])
+    labels = np.concatenate([masks_a.ravel(), masks_b.ravel()])
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert result["pixel_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert result["pixel_f1max"] == pytest.approx(brute_force_f1_max(scores, labels), abs=1e-12)
+    # AUPRO numbers regions across batches and pools them.
+    expected = brute_force_aupro([*maps_a, *maps_b], [*masks_a, *masks_b])
+    assert result["pixel_aupro"] == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="same shapes"):
+        pixel_metrics(maps_a, masks_b)
+
+
+def test_histogram_metrics_agree_with_sklearn_and_exact_aupro() -> None:
+    rng = np.random.default_rng(6)
+    masks = random_masks(rng, 6, 16)
+    maps = np.clip(rng.normal(0.3, 0.15, masks.shape) + 0.25 * masks, 0, 1)
+    num_bins = 2**16
+    bins = np.minimum((maps.ravel() * num_bins).astype(int), num_bins - 1)
+    regions, n_regions = label_regions(masks)
+    regions = regions.ravel()
+    defect = regions > 0
+    weights = np.zeros(regions.size)
+    weights[defect] = 1.0 / np.bincount(regions)[regions[defect]]
+    result = histogram_metrics(
+        np.bincount(bins[defect], minlength=num_bins),
+        np.bincount(bins[~defect], minlength=num_bins),
+        np.bincount(bins, weights=weights, minlength=num_bins),
+        n_regions,
+    )
+    exact = pixel_metrics(maps, masks)
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-4)
+    assert result["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-3)
+    assert result == pytest.approx(exact, abs=1e-3)
+
+
+def test_histogram_metrics_are_exact_on_binned_scores() -> None:
+    rng = np.random.default_rng(7)
+    bins = rng.integers(0, 50, 400)
+    labels = rng.random(400) < 0.3
+    positives = np.bincount(bins[labels], minlength=50)
+    negatives = np.bincount(bins[~labels], minlength=50)
+    result = histogram_metrics(positives, negatives)
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(labels, bins), abs=1e-12)
+    assert result["pixel_ap"] == pytest.approx(average_precision_score(labels, bins), abs=1e-12)
+    assert result["pixel_f1max"] == pytest.approx(brute_force_f1_max(bins, labels), abs=1e-12)
+    assert math.isnan(result["pixel_aupro"])  # no region weights given
+    assert all(math.isnan(v) for v in histogram_metrics(positives * 0, negatives).values())
