@@ -1,0 +1,232 @@
+"""What every feclip dataset shares: image/mask loading, the item type and the Dataset itself.
+
+A dataset is a list of :class:`Sample` records (paths and labels, checked when the dataset
+is built) plus an :class:`~feclip.data.transforms.AnomalyTransform`. Loading happens in
+``__getitem__``; a file that cannot be decoded raises :class:`ImageReadError` naming it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from feclip.data.transforms import AnomalyTransform, ImageSize
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "AnomalyDataset",
+    "AnomalyItem",
+    "ImageReadError",
+    "Sample",
+    "list_images",
+    "load_mask",
+    "load_rgb",
+    "resolve_transform",
+    "to_rgb",
+    "UNKNOWN_LABEL",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# Label of an image whose normal/anomalous status is not known (prediction on a plain folder).
+UNKNOWN_LABEL = -1
+
+
+class ImageReadError(OSError):
+    """An image or mask file exists but cannot be decoded."""
+
+
+class AnomalyItem(TypedDict):
+    """One dataset item; torch's default collate batches it (tensors stacked, the rest listed).
+
+    Keys:
+        image: Normalised image ``(3, S, S)`` float32.
+        mask: Ground-truth mask ``(S, S)`` float32 in ``{0, 1}`` (all zeros for normal images).
+        label: 0 normal, 1 anomalous, -1 unknown.
+        category: Object/texture category, e.g. ``"bottle"``.
+        defect_type: ``"good"`` for normal images, else the defect name.
+        path: Path of the image file.
+        has_mask: Whether ``mask`` is ground truth (pixel metrics skip items where it is not).
+    """
+
+    image: Tensor
+    mask: Tensor
+    label: int
+    category: str
+    defect_type: str
+    path: str
+    has_mask: bool
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Where one item lives on disk and what it is.
+
+    ``has_mask`` is True for normal images (their mask is known to be empty) and for anomalous
+    images with a mask file; False for anomalous images without one and for unlabelled images.
+    """
+
+    image_path: Path
+    label: int
+    category: str
+    defect_type: str
+    mask_path: Path | None = None
+    has_mask: bool = True
+
+
+def list_images(directory: Path) -> list[Path]:
+    """Image files (by extension, case-insensitive) directly inside ``directory``, sorted by name."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()  # decode now so a truncated file fails here, not later in a transform
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+    return image
+
+
+def _high_bit_depth_to_uint8(image: Image.Image) -> np.ndarray:
+    """Scale a 16-bit / 32-bit integer or float single-channel image to 8 bits.
+
+    PIL's ``convert("RGB")`` clips such values at 255, turning most 16-bit images white.
+    ``I;16*`` modes are scaled by 255/65535; mode ``I`` (how older Pillow opens 16-bit PNG)
+    the same when its values exceed 255, and mode ``F`` by 255 when its values lie in ``[0, 1]``.
+    """
+    values = np.asarray(image).astype(np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if image.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif image.mode == "F" and peak <= 1.0:
+        scale = 255.0
+    elif peak <= 255.0:
+        scale = 1.0
+    elif peak <= 65535.0:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / peak
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB without clipping high bit depths.
+
+    Grayscale is replicated to 3 channels, palettes are looked up, alpha is dropped (as in
+    open_clip's own preprocessing), 16-bit values are scaled to 8 bits.
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        return Image.fromarray(_high_bit_depth_to_uint8(image), mode="L").convert("RGB")
+    if image.mode in ("P", "PA"):
+        # Palette images may carry transparency; through RGBA avoids PIL's warning.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Load an image file as 8-bit RGB; raises :class:`ImageReadError` naming the file."""
+    path = Path(path)
+    image = _open(path)
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as err:
+        raise ImageReadError(f"cannot convert image {path} (mode {image.mode}) to RGB: {err}") from err
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Load a mask file as a boolean ``(h, w)`` array: any non-zero pixel is anomalous.
+
+    Works for 0/255 and 0/1 masks, palette masks (index > 0), 16-bit and RGB(A) masks
+    (a pixel counts when any colour channel is non-zero; alpha is ignored).
+    """
+    values = np.asarray(_open(Path(path)))
+    if values.ndim == 3:
+        values = values[..., :3].max(axis=-1)
+    return values > 0
+
+
+def resolve_transform(
+    transform: AnomalyTransform | None,
+    image_size: ImageSize | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> AnomalyTransform:
+    """Return ``transform``, or build one from ``image_size``/``mean``/``std`` (defaults: 224, OpenAI's)."""
+    if transform is not None:
+        if image_size is not None or mean is not None or std is not None:
+            raise ValueError("pass either transform or image_size/mean/std, not both")
+        return transform
+    kwargs: dict = {}
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    if mean is not None:
+        kwargs["mean"] = tuple(mean)
+    if std is not None:
+        kwargs["std"] = tuple(std)
+    return AnomalyTransform(**kwargs)
+
+
+class AnomalyDataset(Dataset):
+    """A list of :class:`Sample` records turned into :class:`AnomalyItem` dicts.
+
+    Args:
+        samples: The items, in order.
+        transform: The paired image/mask transform.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: AnomalyTransform) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> AnomalyItem:
+        sample = self.samples[index]
+        image = load_rgb(sample.image_path)
+        if sample.mask_path is not None:
+            mask = load_mask(sample.mask_path)
+        else:
+            mask = np.zeros((image.height, image.width), dtype=bool)
+        return AnomalyItem(
+            image=self.transform.image(image),
+            mask=self.transform.mask(mask),
+            label=sample.label,
+            category=sample.category,
+            defect_type=sample.defect_type,
+            path=str(sample.image_path),
+            has_mask=sample.has_mask,
+        )
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories present, in order of first appearance."""
+        return list(dict.fromkeys(s.category for s in self.samples))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of all items, ``(N,)`` int, without loading any image."""
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def subset(self, category: str) -> "AnomalyDataset":
+        """An :class:`AnomalyDataset` with only the items of one category (per-category evaluation)."""
+        if category not in self.categories:
+            raise ValueError(f"unknown category {category!r}; this dataset has {self.categories}")
+        return AnomalyDataset([s for s in self.samples if s.category == category], self.transform)
+
+    def __repr__(self) -> str:
+        counts = Counter("anomalous" if s.label == 1 else "normal" if s.label == 0 else "unknown"
+                         for s in self.samples)
+        return (f"{type(self).__name__}({len(self)} images, categories={self.categories}, "
+                f"{dict(counts)}, size={self.transform.size_hw})")
