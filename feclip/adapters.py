@@ -154,15 +154,15 @@ def local_frequency_statistic(
     """Sliding-window statistic of 2-D frequency coefficients, computed without unfolding.
 
     Every ``Q x Q`` neighbourhood (stride 1, replicate padding) of every channel is
-    transformed and summarised. None of the three statistics needs the
-    ``(B, H, W, D, Q, Q)`` tensor of coefficients:
+    transformed and summarised, without unfolding the windows:
 
     * ``"mean"``: the signed mean is linear in the window, so it is one fixed
       depthwise filter (:func:`feclip.dct.dct_mean_filter`).
     * ``"power"``: the transform is orthonormal, so by Parseval the mean squared
       coefficient equals the mean squared value: a box filter of ``x**2``.
-    * ``"abs"``: the mean absolute coefficient is not linear; each coefficient is a
-      fixed filter, so one grouped convolution gives all ``Q * Q`` of them per channel.
+    * ``"abs"``: the mean absolute coefficient is not linear, so the ``Q * Q`` coefficients
+      are computed, by one grouped convolution with fixed filters (no unfold copies).
+      Only this statistic holds ``Q * Q`` values per token.
 
     Args:
         tokens: Token grid of shape ``(B, H, W, D)``.

@@ -30,6 +30,7 @@ __all__ = [
     "create_tiny_clip",
     "resolve_pretrained",
     "pretrained_available",
+    "uses_quick_gelu",
 ]
 
 TINY_MODEL = "feclip-tiny"
@@ -126,6 +127,30 @@ def pretrained_available(name: str, pretrained: str | None) -> bool:
     return True
 
 
+def uses_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether these weights were trained with QuickGELU (OpenAI's CLIPs were).
+
+    open_clip only warns when a plain config meets the ``openai`` tag, and cannot know the tag
+    at all once it is handed a cached file, so the activation is decided here: from the tag's
+    pretrained config, or, for a checkpoint path, when every known tag of the model uses QuickGELU
+    (``ViT-L-14-336`` has only ``openai``). Model names ending in ``-quickgelu`` already set it.
+
+    Args:
+        name: open_clip model name.
+        pretrained: Tag, checkpoint path or ``None``.
+
+    Returns:
+        Whether to build the model with QuickGELU.
+    """
+    if not pretrained:
+        return False
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        return bool(tag_cfg.get("quick_gelu", False))
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    return bool(tags) and all(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False) for tag in tags)
+
+
 def create_clip(
     name: str = "ViT-L-14-336",
     pretrained: str | None = "openai",
@@ -147,7 +172,9 @@ def create_clip(
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     weights = resolve_pretrained(name, pretrained, cache_dir)
-    model = open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir)
+    model = open_clip.create_model(
+        name, pretrained=weights, device=device, cache_dir=cache_dir, force_quick_gelu=uses_quick_gelu(name, pretrained)
+    )
     return model.eval(), open_clip.get_tokenizer(name)
 
 

@@ -84,6 +84,11 @@ def _data_root() -> Path:
     return Path(os.environ.get("FECLIP_DATA", "data")).expanduser()
 
 
+def _smoke_data_root() -> Path:
+    default = Path.home() / ".cache" / "feclip" / "synthetic"
+    return Path(os.environ.get("FECLIP_SMOKE_DATA", default)).expanduser()
+
+
 FULL = Profile(
     name="full",
     backbone="ViT-L-14-336",
@@ -104,7 +109,7 @@ SMOKE = Profile(
     backbone="feclip-tiny",
     pretrained=None,
     device="cpu",
-    data_root=Path(os.environ.get("FECLIP_SMOKE_DATA", Path.home() / ".cache" / "feclip" / "synthetic")).expanduser(),
+    data_root=Path.home() / ".cache" / "feclip" / "synthetic",
     train_dataset="synth-objects",
     eval_dataset="synth-textures",
     epochs=3,
@@ -148,11 +153,11 @@ def resolve_profile(name: str | None = None) -> Profile:
     name = (name or os.environ.get("FECLIP_PROFILE") or "auto").lower()
     if name == "auto":
         available, _ = full_profile_available()
-        return dataclasses.replace(FULL, data_root=_data_root()) if available else SMOKE
+        return resolve_profile("full" if available else "smoke")
     if name == "full":
         return dataclasses.replace(FULL, data_root=_data_root())
     if name == "smoke":
-        return SMOKE
+        return dataclasses.replace(SMOKE, data_root=_smoke_data_root())
     raise ValueError(f"FECLIP_PROFILE must be 'full', 'smoke' or 'auto', got {name!r}")
 
 

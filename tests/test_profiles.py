@@ -1,0 +1,87 @@
+"""Run profiles: the CPU smoke profile, the environment switch, and auto-detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from feclip.profiles import FULL, SMOKE, announce, full_profile_available, resolve_profile
+
+
+def test_smoke_profile_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FECLIP_PROFILE", raising=False)
+    monkeypatch.delenv("FECLIP_SMOKE_DATA", raising=False)
+    profile = resolve_profile("smoke")
+    assert profile == SMOKE and profile.is_smoke
+    assert (profile.name, profile.backbone, profile.pretrained, profile.device) == ("smoke", "feclip-tiny", None, "cpu")
+    assert (profile.train_dataset, profile.eval_dataset) == ("synth-objects", "synth-textures")
+    assert profile.winclip_backbone == "feclip-tiny" and profile.num_workers == 0
+    assert profile.epochs >= 1 and profile.batch_size >= 1
+    assert profile.spec(profile.train_dataset) == f"synth:{profile.data_root / 'objects'}"
+    assert profile.spec(profile.eval_dataset) == f"synth:{profile.data_root / 'textures'}"
+
+
+def test_smoke_data_root_is_read_when_resolved(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FECLIP_SMOKE_DATA", str(tmp_path / "synth"))
+    assert resolve_profile("smoke").data_root == tmp_path / "synth"
+
+
+def test_full_profile_is_the_papers_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FECLIP_DATA", str(tmp_path))
+    profile = resolve_profile("FULL")
+    assert not profile.is_smoke
+    assert (profile.backbone, profile.pretrained, profile.device) == ("ViT-L-14-336", "openai", "cuda")
+    assert (profile.train_dataset, profile.eval_dataset, profile.epochs, profile.batch_size) == ("visa", "mvtec", 9, 16)
+    assert profile.data_root == tmp_path
+    assert profile.spec("mvtec") == f"mvtec:{tmp_path / 'mvtec'}"
+    assert profile.spec("visa") == f"visa:{tmp_path / 'visa'}"
+    assert FULL.name == "full"
+
+
+def test_environment_variable_is_respected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FECLIP_DATA", str(tmp_path))
+    monkeypatch.setenv("FECLIP_PROFILE", "full")
+    assert resolve_profile().name == "full"
+    assert resolve_profile("smoke").name == "smoke"  # an explicit name wins over the environment
+    monkeypatch.setenv("FECLIP_PROFILE", "smoke")
+    assert resolve_profile() == SMOKE
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks full on a GPU machine with weights and data")
+def test_auto_is_smoke_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FECLIP_PROFILE", raising=False)
+    assert resolve_profile() == SMOKE
+    assert resolve_profile("auto") == SMOKE
+    monkeypatch.setenv("FECLIP_PROFILE", "auto")
+    assert resolve_profile() == SMOKE
+    assert full_profile_available() == (False, "no CUDA GPU")
+
+
+def test_auto_without_data_or_weights_is_smoke_even_with_a_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("FECLIP_DATA", str(tmp_path))
+    available, reason = full_profile_available()
+    assert not available and "mvtec" in reason and "visa" in reason
+    assert resolve_profile("auto") == SMOKE
+    (tmp_path / "mvtec").mkdir()
+    (tmp_path / "visa").mkdir()
+    available, reason = full_profile_available()  # FECLIP_OFFLINE=1: the weights cannot be fetched
+    assert not available and "weights" in reason
+
+
+def test_bad_profile_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="FECLIP_PROFILE must be 'full', 'smoke' or 'auto', got 'gpu'"):
+        resolve_profile("gpu")
+    monkeypatch.setenv("FECLIP_PROFILE", "fast")
+    with pytest.raises(ValueError, match="got 'fast'"):
+        resolve_profile()
+
+
+def test_announce_outside_a_notebook(capsys: pytest.CaptureFixture[str]) -> None:
+    announce(SMOKE)
+    printed = capsys.readouterr().out
+    assert printed.startswith("Profile: smoke:") and "not the paper's numbers" in printed
+    announce(FULL)
+    assert capsys.readouterr().out.startswith("Profile: full: ViT-L-14-336 (openai)")
