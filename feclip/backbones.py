@@ -157,6 +157,7 @@ def create_clip(
     *,
     device: torch.device | str = "cpu",
     cache_dir: str | None = None,
+    seed: int = 0,
 ) -> tuple[nn.Module, open_clip.tokenizer.SimpleTokenizer]:
     """Create an open_clip model and its tokenizer, in eval mode.
 
@@ -165,6 +166,8 @@ def create_clip(
         pretrained: Tag (``"openai"``), checkpoint path, or ``None`` for random weights.
         device: Device to put the model on.
         cache_dir: Optional weights cache directory.
+        seed: Seed of the random initialisation when ``pretrained`` is ``None`` (the global
+            RNG is left untouched), so a random backbone can be rebuilt exactly.
 
     Returns:
         ``(model, tokenizer)``.
@@ -172,9 +175,22 @@ def create_clip(
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     weights = resolve_pretrained(name, pretrained, cache_dir)
-    model = open_clip.create_model(
-        name, pretrained=weights, device=device, cache_dir=cache_dir, force_quick_gelu=uses_quick_gelu(name, pretrained)
-    )
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    if weights is None:
+        root_logger.setLevel(logging.ERROR)  # open_clip warns that no weights were loaded: that is the point here
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(
+                name,
+                pretrained=weights,
+                device=device,
+                cache_dir=cache_dir,
+                force_quick_gelu=uses_quick_gelu(name, pretrained),
+            )
+    finally:
+        root_logger.setLevel(level)
     return model.eval(), open_clip.get_tokenizer(name)
 
 
@@ -188,13 +204,4 @@ def create_tiny_clip(seed: int = 0, device: torch.device | str = "cpu") -> tuple
     Returns:
         ``(model, tokenizer)`` in eval mode.
     """
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)  # open_clip warns that no weights were loaded: that is the point here
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = open_clip.create_model(TINY_MODEL, pretrained=None, device=device)
-    finally:
-        root_logger.setLevel(level)
-    return model.eval(), open_clip.get_tokenizer(TINY_MODEL)
+    return create_clip(TINY_MODEL, None, device=device, seed=seed)

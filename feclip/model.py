@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from feclip.predictor import AnomalyPrediction
 from feclip.prompts import PAPER_PROMPTS, encode_prompt_pair
 from feclip.scoring import anomaly_probability
 from feclip.taps import default_tap_indices
+from feclip.vit import check_vit, embed_images, project_tokens
 
 __all__ = ["FEClipConfig", "FEClipOutput", "TapFeatures", "FEClip"]
 
@@ -37,6 +39,7 @@ class FEClipConfig:
     Attributes:
         backbone: open_clip model name the adapters were built for.
         pretrained: Pretrained tag or path of the backbone (``None``: random weights).
+        backbone_seed: Seed of a random backbone (``pretrained=None``), so a checkpoint can rebuild it.
         tap_indices: Tapped blocks (0-based); ``None`` picks :func:`feclip.taps.default_tap_indices`.
         ffe_window: FFE window side ``P``.
         lfs_window: LFS window side ``Q``.
@@ -53,6 +56,7 @@ class FEClipConfig:
 
     backbone: str = "ViT-L-14-336"
     pretrained: str | None = "openai"
+    backbone_seed: int = 0
     tap_indices: list[int] | None = None
     ffe_window: int = 3
     lfs_window: int = 3
@@ -112,18 +116,6 @@ class TapFeatures:
     patch_tokens: Tensor
 
 
-def _check_backbone(clip: nn.Module) -> None:
-    visual = getattr(clip, "visual", None)
-    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
-    missing = [name for name in needed if not hasattr(visual, name)]
-    if visual is None or missing:
-        raise TypeError(f"FEClip needs an open_clip model with a VisionTransformer tower; missing {missing}")
-    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-        raise TypeError("FEClip needs a ViT that pools with its CLS token (pool_type 'tok', no attentional pooler)")
-    if visual.proj is None:
-        raise TypeError("FEClip needs the ViT's output projection (visual.proj is None)")
-
-
 class FEClip(nn.Module):
     """FE-CLIP on top of an injected open_clip CLIP model.
 
@@ -152,11 +144,10 @@ class FEClip(nn.Module):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        _check_backbone(clip)
+        visual = check_vit(clip)
         config = dataclasses.replace(config or FEClipConfig(), **overrides)
         if config.lfs_statistic not in LFS_STATISTICS:
             raise ValueError(f"unknown lfs_statistic {config.lfs_statistic!r}; choose one of {LFS_STATISTICS}")
-        visual = clip.visual
         depth = len(visual.transformer.resblocks)
         taps = sorted(config.tap_indices) if config.tap_indices is not None else default_tap_indices(depth)
         if not taps or len(set(taps)) != len(taps) or taps[0] < 0 or taps[-1] >= depth:
@@ -202,6 +193,7 @@ class FEClip(nn.Module):
         *,
         device: torch.device | str = "cpu",
         cache_dir: str | None = None,
+        seed: int = 0,
         **overrides: Any,
     ) -> FEClip:
         """Create the backbone with open_clip and wrap it.
@@ -211,6 +203,7 @@ class FEClip(nn.Module):
             pretrained: Pretrained tag (``"openai"``), a checkpoint path, or ``None`` for random weights.
             device: Device of the model.
             cache_dir: Optional weights cache directory.
+            seed: Seed of a random backbone (``pretrained=None``).
             **overrides: Fields of :class:`FEClipConfig`.
 
         Returns:
@@ -218,8 +211,33 @@ class FEClip(nn.Module):
         """
         from feclip.backbones import create_clip
 
-        clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir)
-        return cls(clip, tokenizer, backbone=name, pretrained=pretrained, **overrides).to(device)
+        clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir, seed=seed)
+        return cls(clip, tokenizer, backbone=name, pretrained=pretrained, backbone_seed=seed, **overrides).to(device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", **kwargs: Any) -> FEClip:
+        """Rebuild a model saved by :meth:`save` (see :func:`feclip.checkpoint.load_feclip`).
+
+        Args:
+            path: A ``.safetensors`` checkpoint or a run folder (its ``last.safetensors``).
+            device: Device of the model.
+            **kwargs: Passed to :func:`feclip.checkpoint.load_feclip` (``clip``, ``tokenizer``, ``pretrained``...).
+
+        Returns:
+            The model, with its backbone rebuilt from the saved config and the trained weights loaded.
+        """
+        from feclip.checkpoint import load_feclip
+
+        return load_feclip(path, device=device, **kwargs)
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Save the trained weights (adapters and ``fc_patch``) and the config, atomically.
+
+        See :func:`feclip.checkpoint.save_checkpoint`.
+        """
+        from feclip.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, path, extra=extra)
 
     @property
     def tap_indices(self) -> list[int]:
@@ -253,17 +271,6 @@ class FEClip(nn.Module):
         self.text_features.copy_(F.normalize(features.float(), dim=-1))
         self.config.normal_prompts, self.config.anomalous_prompts = normal, anomalous
 
-    def _embed(self, images: Tensor) -> Tensor:
-        """Patch embedding, CLS token, positions and ``ln_pre``: ``(B, 3, H, W)`` -> ``(B, 1 + h*w, D)``."""
-        visual = self.clip.visual
-        if tuple(images.shape[-2:]) != tuple(visual.image_size):
-            raise ValueError(f"images must be {tuple(visual.image_size)} for this backbone, got {tuple(images.shape[-2:])}")
-        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, D, h, w)
-        x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        return visual.ln_pre(x)
-
     def encode_taps(self, images: Tensor) -> list[TapFeatures]:
         """Run the tapped ViT and return what every tap produces.
 
@@ -277,7 +284,7 @@ class FEClip(nn.Module):
         batch_first = getattr(visual.transformer, "batch_first", False)
         height, width = self.grid_size
         adapter_at = dict(zip(self.tap_indices, self.adapters))
-        x = self._embed(images)  # (B, 1 + h*w, D)
+        x = embed_images(visual, images)  # (B, 1 + h*w, D)
         if not batch_first:
             x = x.transpose(0, 1)  # (1 + h*w, B, D), older open_clip
         features = []
@@ -293,12 +300,33 @@ class FEClip(nn.Module):
             features.append(
                 TapFeatures(
                     block=index,
-                    image_embedding=visual.ln_post(cls) @ visual.proj,
+                    image_embedding=project_tokens(visual, cls),
                     patch_embedding=self.fc_patch(visual.ln_post(fused)),
                     patch_tokens=fused,
                 )
             )
         return features
+
+    def predict_from_taps(self, taps: list[TapFeatures], image_size: tuple[int, int]) -> FEClipOutput:
+        """Score the features of :meth:`encode_taps` and average over taps.
+
+        Args:
+            taps: Output of :meth:`encode_taps`.
+            image_size: ``(H, W)`` the map is upsampled to.
+
+        Returns:
+            :class:`FEClipOutput`.
+        """
+        temperature = self.temperature
+        tap_scores = torch.stack([anomaly_probability(t.image_embedding, self.text_features, temperature) for t in taps])
+        tap_maps = torch.stack([anomaly_probability(t.patch_embedding, self.text_features, temperature) for t in taps])
+        anomaly_map = F.interpolate(tap_maps.mean(dim=0)[:, None], size=image_size, mode="bilinear", align_corners=False)
+        return FEClipOutput(
+            pred_score=tap_scores.mean(dim=0),
+            anomaly_map=anomaly_map[:, 0],
+            tap_scores=tap_scores,
+            tap_maps=tap_maps,
+        )
 
     def forward(self, images: Tensor) -> FEClipOutput:
         """Image scores and pixel maps.
@@ -310,17 +338,7 @@ class FEClip(nn.Module):
             :class:`FEClipOutput` with ``pred_score (B,)``, ``anomaly_map (B, H, W)``,
             ``tap_scores (T, B)`` and ``tap_maps (T, B, h, w)``.
         """
-        temperature = self.temperature
-        taps = self.encode_taps(images)
-        tap_scores = torch.stack([anomaly_probability(t.image_embedding, self.text_features, temperature) for t in taps])
-        tap_maps = torch.stack([anomaly_probability(t.patch_embedding, self.text_features, temperature) for t in taps])
-        anomaly_map = F.interpolate(tap_maps.mean(dim=0)[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return FEClipOutput(
-            pred_score=tap_scores.mean(dim=0),
-            anomaly_map=anomaly_map[:, 0],
-            tap_scores=tap_scores,
-            tap_maps=tap_maps,
-        )
+        return self.predict_from_taps(self.encode_taps(images), tuple(images.shape[-2:]))
 
     def extra_repr(self) -> str:
         c = self.config

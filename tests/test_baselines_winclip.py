@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import hmean
 
-from feclip.baselines.vit import embed_images
+from feclip.vit import embed_images
 from feclip.baselines.winclip import (
     WinClip,
     WinClipOutput,

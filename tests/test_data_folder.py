@@ -138,3 +138,17 @@ def test_build_dataset_folder_spec_with_subfolders_or_plain_images(tmp_path: Pat
     assert set(plain.labels.tolist()) == {-1} and len(plain) == 3
     with pytest.raises(ValueError, match="categories do not apply"):
         build_dataset(f"folder:{root}", categories="x")
+
+
+def test_limit_per_category_spreads_evenly_over_each_category(tmp_path) -> None:
+    from feclip.data.base import AnomalyDataset, Sample
+    from feclip.data.transforms import AnomalyTransform
+
+    samples = [Sample(tmp_path / f"{c}{i}.png", int(i >= 3), c, "good" if i < 3 else "cut") for c in "ab" for i in range(7)]
+    dataset = AnomalyDataset(samples, AnomalyTransform(8))
+    limited = dataset.limit_per_category(3)
+    # linspace(0, 6, 3) -> positions 0, 3, 6 of each category: one normal, two anomalous
+    assert [s.image_path.name for s in limited.samples] == ["a0.png", "a3.png", "a6.png", "b0.png", "b3.png", "b6.png"]
+    assert len(dataset.limit_per_category(None)) == 14 and len(dataset.limit_per_category(100)) == 14
+    with pytest.raises(ValueError, match="max_items"):
+        dataset.limit_per_category(0)

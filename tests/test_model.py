@@ -209,7 +209,7 @@ def test_other_construction_errors(tiny_clip, tiny_images) -> None:
         FEClip(nn.Linear(2, 2), None, text_features=torch.randn(2, 64))
     with pytest.raises(TypeError, match="unexpected keyword"):
         _model(tiny_clip, lamda_fuse=0.2)
-    with pytest.raises(ValueError, match=r"images must be \(96, 96\)"):
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, 96, 96\)"):
         _model(tiny_clip)(tiny_images[..., :64, :64])
 
 

@@ -12,7 +12,7 @@ from feclip.baselines.few_shot import (
     WinClipFewShot,
     visual_association_score,
 )
-from feclip.baselines.vit import VitTokens, encode_vit, encode_windows
+from feclip.vit import VitTokens, encode_vit, encode_windows
 from feclip.baselines.winclip import (
     WinClip,
     WinClipFeatures,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feclip.baselines.vit import check_vit, encode_vit, project_tokens
+from feclip.vit import check_vit, encode_vit, project_tokens
 from feclip.predictor import AnomalyPrediction
 from feclip.prompts import PAPER_PROMPTS, class_prompts, encode_prompt_pair
 from feclip.scoring import anomaly_probability

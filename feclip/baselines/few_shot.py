@@ -34,7 +34,6 @@ from torch import Tensor, nn
 
 from feclip.baselines.winclip import WinClip, WinClipFeatures, harmonic_aggregation
 from feclip.predictor import AnomalyPrediction
-from feclip.scoring import anomaly_probability
 
 __all__ = [
     "visual_association_score",
@@ -229,11 +228,9 @@ class FEClipFewShot(nn.Module):
         ViT runs once.
         """
         taps = self.feclip.encode_taps(images)
-        text, temperature = self.feclip.text_features, self.feclip.temperature
-        zero_shot_score = torch.stack([anomaly_probability(t.image_embedding, text, temperature) for t in taps]).mean(0)
-        zero_shot_map = torch.stack([anomaly_probability(t.patch_embedding, text, temperature) for t in taps]).mean(0)
+        zero_shot = self.feclip.predict_from_taps(taps, tuple(images.shape[-2:]))
         association = torch.stack([bank(getattr(t, self.feature)) for bank, t in zip(self.banks, taps)]).mean(0)
-        return _combine(zero_shot_score, zero_shot_map, association, tuple(images.shape[-2:]))
+        return _combine(zero_shot.pred_score, zero_shot.tap_maps.mean(0), association, tuple(images.shape[-2:]))
 
     def extra_repr(self) -> str:
         return f"feature={self.feature!r}, bank_entries={[len(b) for b in self.banks]}"

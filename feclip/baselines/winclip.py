@@ -13,7 +13,7 @@ What this implementation does, precisely:
   far edges are added so that every patch is covered.
 * Windows are encoded by gathering their tokens (positional embeddings already added) into
   short sequences, all windows of the batch through the transformer at once
-  (:func:`feclip.baselines.vit.encode_windows`).
+  (:func:`feclip.vit.encode_windows`).
 * Multi-scale map: harmonic mean over the window maps and, with ``include_image_scale``
   (default), the image-level CLS score as the full-image window, as in the paper and in
   anomalib. The final-layer patch tokens are *not* a zero-shot term (they are the
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feclip.baselines.vit import check_vit, embed_images, encode_windows, project_tokens, run_blocks
+from feclip.vit import check_vit, embed_images, encode_windows, project_tokens, run_blocks
 from feclip.predictor import AnomalyPrediction
 from feclip.prompts import encode_prompt_pair, winclip_prompts
 from feclip.scoring import anomaly_probability

@@ -225,6 +225,25 @@ class AnomalyDataset(Dataset):
             raise ValueError(f"unknown category {category!r}; this dataset has {self.categories}")
         return AnomalyDataset([s for s in self.samples if s.category == category], self.transform)
 
+    def limit_per_category(self, max_items: int | None) -> "AnomalyDataset":
+        """At most ``max_items`` items per category, spread evenly over each category's items.
+
+        Items of a category are in dataset order (normal first, then the defect types), so an
+        even spread keeps normal and anomalous items alike. ``None`` keeps everything.
+        """
+        if max_items is None:
+            return AnomalyDataset(self.samples, self.transform)
+        if max_items < 1:
+            raise ValueError(f"max_items must be positive or None, got {max_items}")
+        by_category: dict[str, list[Sample]] = {}
+        for sample in self.samples:
+            by_category.setdefault(sample.category, []).append(sample)
+        kept = []
+        for samples in by_category.values():
+            picks = np.linspace(0, len(samples) - 1, min(max_items, len(samples))).round().astype(int)
+            kept += [samples[i] for i in picks]
+        return AnomalyDataset(kept, self.transform)
+
     def __repr__(self) -> str:
         counts = Counter("anomalous" if s.label == 1 else "normal" if s.label == 0 else "unknown"
                          for s in self.samples)

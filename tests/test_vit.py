@@ -9,7 +9,7 @@ import torch
 from open_clip.transformer import Transformer
 from torch import Tensor, nn
 
-from feclip.baselines.vit import (
+from feclip.vit import (
     check_vit,
     embed_images,
     encode_vit,

@@ -1,6 +1,6 @@
 """Running an open_clip ViT image tower by hand: CLS and patch tokens, and WinCLIP's window encodings.
 
-``clip.encode_image`` only returns the pooled CLS embedding. The baselines need more:
+``clip.encode_image`` only returns the pooled CLS embedding. FE-CLIP and the baselines need more:
 
 * the final-layer patch tokens (CLIP's naive anomaly map, WinCLIP+'s patch memory bank),
 * the CLS embedding of a *window*: the ViT re-run on the CLS token plus the patch tokens
@@ -67,11 +67,11 @@ def check_vit(clip: nn.Module) -> nn.Module:
     needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
     missing = [name for name in needed if not hasattr(visual, name)]
     if missing:
-        raise TypeError(f"the baselines need an open_clip model with a VisionTransformer tower; missing {missing}")
+        raise TypeError(f"feclip needs an open_clip model with a VisionTransformer tower; missing {missing}")
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-        raise TypeError("the baselines need a ViT that pools with its CLS token (pool_type 'tok', no attentional pooler)")
+        raise TypeError("feclip needs a ViT that pools with its CLS token (pool_type 'tok', no attentional pooler)")
     if visual.proj is None:
-        raise TypeError("the baselines need the ViT's output projection (visual.proj is None)")
+        raise TypeError("feclip needs the ViT's output projection (visual.proj is None)")
     return visual
 
 

@@ -1,0 +1,397 @@
+"""Small, safe FE-CLIP checkpoints: only the trained adapters and ``fc_patch``, plus the config.
+
+The frozen CLIP backbone is never saved: a checkpoint names it (``backbone``,
+``pretrained``) and :func:`load_feclip` rebuilds it with open_clip. A ViT-L/14-336
+checkpoint therefore holds about 42 M adapter weights instead of the 430 M of the whole
+model. What a checkpoint holds:
+
+* ``<name>.safetensors``: the tensors ``adapters.*`` and ``fc_patch.*``, and in the
+  safetensors header (metadata key ``"feclip"``) a JSON document with the
+  :class:`~feclip.model.FEClipConfig`, the feclip version, the seed of a randomly
+  initialised backbone, a fingerprint of the backbone weights, and any ``extra`` values
+  (the trainer stores the epoch and its :class:`~feclip.train.TrainConfig`);
+* ``<name>.json``: the same document, for people and ``jq``.
+
+Every file is written atomically (:func:`atomic_write`): to a temporary file in the same
+folder, flushed to disk with ``fsync``, then renamed over the target with ``os.replace``.
+A crash or a Colab disconnect in the middle of a save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from feclip.model import FEClip, FEClipConfig
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "TRAINED_PREFIXES",
+    "CheckpointMismatch",
+    "atomic_write",
+    "backbone_fingerprint",
+    "build_backbone",
+    "checkpoint_paths",
+    "config_differences",
+    "load_feclip",
+    "load_into",
+    "read_metadata",
+    "save_checkpoint",
+    "trained_state_dict",
+]
+
+CHECKPOINT_FORMAT = 1
+TRAINED_PREFIXES = ("adapters.", "fc_patch.")
+# Fields that change what the saved tensors mean; a model must agree on all of them to load them.
+_STRUCTURAL_FIELDS = (
+    "backbone",
+    "tap_indices",
+    "ffe_window",
+    "lfs_window",
+    "lfs_statistic",
+    "lambda_fuse",
+    "basis",
+    "use_ffe",
+    "use_lfs",
+)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint was made for a different FE-CLIP (backbone, taps, windows, statistic, ...)."""
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable; best effort, since some file systems (Windows, FUSE mounts) refuse it."""
+    with contextlib.suppress(OSError, AttributeError):
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a file so that ``path`` holds either its old content or the complete new one.
+
+    Args:
+        path: The target file.
+        write: Called with a temporary path in the same folder; must write the whole file there.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    temporary_path = Path(temporary)
+    try:
+        write(temporary_path)
+        with open(temporary_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary_path, path)
+    except BaseException:
+        temporary_path.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+def backbone_fingerprint(clip: nn.Module) -> str:
+    """A short hash of the image tower's patch embedding and projection, to tell backbone weights apart.
+
+    Args:
+        clip: An open_clip model with a ViT image tower.
+
+    Returns:
+        16 hexadecimal characters; equal for equal weights (compared in float32 on the CPU).
+    """
+    visual = clip.visual
+    digest = hashlib.sha256()
+    for tensor in (visual.conv1.weight, visual.class_embedding, visual.proj):
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_backbone(
+    name: str,
+    pretrained: str | None,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    cache_dir: str | None = None,
+) -> tuple[nn.Module, Any]:
+    """Create the backbone a checkpoint names; random weights (``pretrained=None``) come from ``seed``.
+
+    Args:
+        name: open_clip model name.
+        pretrained: Tag, checkpoint path, or ``None`` for a seeded random initialisation.
+        seed: Seed of the random initialisation (``feclip-tiny`` uses :func:`~feclip.backbones.create_tiny_clip`).
+        device: Device of the model.
+        cache_dir: Optional weights cache directory.
+
+    Returns:
+        ``(clip, tokenizer)`` in eval mode.
+    """
+    from feclip.backbones import TINY_MODEL, create_clip, create_tiny_clip
+
+    if pretrained is None and name == TINY_MODEL:
+        return create_tiny_clip(seed, device=device)
+    if pretrained is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_clip(name, None, device=device, cache_dir=cache_dir)
+    return create_clip(name, pretrained, device=device, cache_dir=cache_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _random_backbone_fingerprint(name: str, seed: int) -> str:
+    clip, _ = build_backbone(name, None, seed=seed)
+    return backbone_fingerprint(clip)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None``, so the document is strict JSON (``jq`` reads it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, sidecar)`` for a checkpoint path given with or without ``.safetensors``, or as a run folder.
+
+    A folder means its ``last.safetensors`` (what :func:`feclip.train.train` writes every epoch).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "last.safetensors"
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    return path, path.with_suffix(".json")
+
+
+def trained_state_dict(model: FEClip) -> dict[str, torch.Tensor]:
+    """The trained tensors (``adapters.*``, ``fc_patch.*``) on the CPU, contiguous, ready for safetensors."""
+    return {
+        key: value.detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+        if key.startswith(TRAINED_PREFIXES)
+    }
+
+
+def save_checkpoint(
+    model: FEClip,
+    path: str | Path,
+    extra: dict[str, Any] | None = None,
+    *,
+    backbone_seed: int | None = None,
+) -> Path:
+    """Save the adapters, ``fc_patch`` and the config, atomically.
+
+    Args:
+        model: The FE-CLIP model (or a ``DistributedDataParallel`` wrapping one).
+        path: Target ``.safetensors`` file (the suffix is added if missing); a ``.json`` sidecar goes next to it.
+        extra: JSON-serialisable values stored with the checkpoint (epoch, training config, metrics).
+        backbone_seed: Seed of a randomly initialised backbone (``pretrained=None``), so that
+            :func:`load_feclip` can rebuild the same one; default ``model.config.backbone_seed``.
+
+    Returns:
+        The path of the ``.safetensors`` file.
+    """
+    from feclip import __version__
+
+    weights_path, sidecar_path = checkpoint_paths(path)
+    model = getattr(model, "module", model)  # a DistributedDataParallel wrapper saves what it wraps
+    config = model.config
+    seed = int(backbone_seed if backbone_seed is not None else config.backbone_seed)
+    fingerprint = backbone_fingerprint(model.clip)
+    if config.pretrained is None and fingerprint != _random_backbone_fingerprint(config.backbone, seed):
+        warnings.warn(
+            f"the randomly initialised {config.backbone} backbone is not the one seed {seed} gives; "
+            f"{weights_path} will only load with load_feclip(..., clip=<that backbone>). "
+            "Pass backbone_seed= to save_checkpoint.",
+            stacklevel=2,
+        )
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "feclip_version": __version__,
+        "config": config.to_dict(),
+        "backbone_seed": seed if config.pretrained is None else None,
+        "backbone_fingerprint": fingerprint,
+        "grid_size": list(model.grid_size),
+        "extra": _strict_json(extra or {}),
+    }
+    document = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
+    tensors = trained_state_dict(model)
+    atomic_write(weights_path, lambda temporary: save_file(tensors, str(temporary), metadata={"feclip": document}))
+    _write_text_atomic(sidecar_path, document + "\n")
+    return weights_path
+
+
+# --------------------------------------------------------------------------- load
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON document stored in a checkpoint's safetensors header.
+
+    Raises:
+        FileNotFoundError: No checkpoint at ``path``.
+        ValueError: The file is not an feclip checkpoint, or comes from a newer feclip.
+    """
+    weights_path, _ = checkpoint_paths(path)
+    if not weights_path.is_file():
+        tried = f" (nor {weights_path})" if Path(path).expanduser() != weights_path else ""
+        raise FileNotFoundError(f"checkpoint not found: {path}{tried}")
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for a corrupt header
+        raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from err
+    if "feclip" not in header:
+        raise ValueError(f"{weights_path} is a safetensors file without feclip metadata (not an FE-CLIP checkpoint)")
+    metadata = json.loads(header["feclip"])
+    if metadata.get("format", 0) > CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{weights_path} has checkpoint format {metadata['format']} from feclip {metadata.get('feclip_version')}; "
+            f"this feclip reads format {CHECKPOINT_FORMAT} or older: upgrade feclip"
+        )
+    return metadata
+
+
+def _load_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(weights_path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def config_differences(saved: dict[str, Any], current: FEClipConfig) -> list[str]:
+    """The structural fields where a saved config (as a dict) and a model's config differ, one phrase each."""
+    current_values = current.to_dict()
+    return [
+        f"{name} {saved.get(name)!r} (checkpoint) vs {current_values[name]!r} (model)"
+        for name in _STRUCTURAL_FIELDS
+        if saved.get(name) != current_values[name]
+    ]
+
+
+def load_into(model: FEClip, path: str | Path, *, check_backbone: bool = True) -> dict[str, Any]:
+    """Copy a checkpoint's adapters and ``fc_patch`` into ``model``, after checking that they fit.
+
+    Prompts and temperature are the model's own (they are inference-time choices); every
+    structural field (backbone, taps, ``P``, ``Q``, statistic, ``lambda``, basis, branches)
+    and the backbone weights must match.
+
+    Args:
+        model: An FE-CLIP model built for the same backbone and configuration.
+        path: Checkpoint file (or a run folder, meaning its ``last.safetensors``).
+        check_backbone: Compare the backbone weights' fingerprint too.
+
+    Returns:
+        The checkpoint's metadata (see :func:`read_metadata`).
+
+    Raises:
+        CheckpointMismatch: Naming every field that differs.
+    """
+    weights_path, _ = checkpoint_paths(path)
+    metadata = read_metadata(weights_path)
+    problems = config_differences(metadata["config"], model.config)
+    if not problems and check_backbone:
+        fingerprint = backbone_fingerprint(model.clip)
+        if fingerprint != metadata["backbone_fingerprint"]:
+            saved = metadata["config"]
+            problems.append(
+                f"backbone weights differ: checkpoint trained on {saved['backbone']} / {saved['pretrained']!r}"
+                + (f" (random init, seed {metadata['backbone_seed']})" if metadata.get("backbone_seed") is not None else "")
+                + f", the model's {model.config.backbone} / {model.config.pretrained!r} has other weights"
+            )
+    tensors = _load_tensors(weights_path)
+    if not problems:
+        expected = {key: value.shape for key, value in model.state_dict().items() if key.startswith(TRAINED_PREFIXES)}
+        found = {key: value.shape for key, value in tensors.items()}
+        if expected != found:
+            missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+            shapes = [f"{k} {tuple(found[k])} vs {tuple(expected[k])}" for k in set(found) & set(expected) if found[k] != expected[k]]
+            problems.append(f"tensors differ: missing {missing}, unexpected {unexpected}, shapes {sorted(shapes)}")
+    if problems:
+        raise CheckpointMismatch(f"checkpoint {weights_path} does not match this model: " + "; ".join(problems))
+    model.load_state_dict(tensors, strict=False)
+    return metadata
+
+
+def load_feclip(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    clip: nn.Module | None = None,
+    tokenizer: Any | None = None,
+    *,
+    pretrained: str | None = None,
+    cache_dir: str | None = None,
+) -> FEClip:
+    """Rebuild an FE-CLIP model from a checkpoint, backbone included.
+
+    Args:
+        path: Checkpoint file (or a run folder, meaning its ``last.safetensors``).
+        device: Device of the returned model.
+        clip: A ready backbone to use instead of building the one the checkpoint names.
+        tokenizer: Its tokenizer (default: open_clip's tokenizer for the checkpoint's backbone).
+        pretrained: Where to load the backbone's weights from instead of the stored tag, e.g. a
+            local ``open_clip_pytorch_model.bin`` when the hub is unreachable.
+        cache_dir: Optional weights cache directory.
+
+    Returns:
+        The model in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: No checkpoint there.
+        CheckpointMismatch: ``clip`` is not the backbone the checkpoint was trained on.
+        feclip.backbones.PretrainedWeightsUnavailable: The backbone's weights cannot be reached.
+    """
+    import open_clip
+
+    metadata = read_metadata(path)
+    config = FEClipConfig.from_dict(metadata["config"])
+    if clip is None:
+        clip, tokenizer = build_backbone(
+            config.backbone,
+            pretrained or config.pretrained,
+            seed=metadata.get("backbone_seed") or 0,
+            device=device,
+            cache_dir=cache_dir,
+        )
+    elif tokenizer is None:
+        tokenizer = open_clip.get_tokenizer(config.backbone)
+    model = FEClip(clip, tokenizer, config)
+    if metadata.get("backbone_seed") is not None:
+        model.backbone_seed = metadata["backbone_seed"]
+    load_into(model, path)
+    return model.to(device).eval()
