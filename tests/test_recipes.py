@@ -1,0 +1,54 @@
+"""Profile recipes: the model, the zero-shot data sets, and load-or-train."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from feclip.data.synthetic import generate_benchmark
+from feclip.profiles import SMOKE
+from feclip.recipes import build_model, default_run_dir, load_or_train, profile_datasets, train_config
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_benchmark(root, seed=0, n_train_good=1, n_test_good=2, n_test_defect_per_type=1)
+    return dataclasses.replace(SMOKE, data_root=root, epochs=1, batch_size=4)
+
+
+def test_train_config_takes_the_profile_sizes(profile) -> None:
+    config = train_config(profile, epochs=2)
+    assert (config.epochs, config.batch_size, config.lr, config.fc_patch_lr) == (2, 4, profile.adapter_lr, profile.fc_patch_lr)
+    assert config.fc_patch_lr == pytest.approx(config.lr / 100)
+
+
+def test_profile_datasets_follow_the_zero_shot_protocol(profile) -> None:
+    model = build_model(profile)
+    train_set, eval_set = profile_datasets(profile, model)
+    # train on the objects family's test split, evaluate on the textures family: disjoint categories
+    assert set(train_set.categories).isdisjoint(eval_set.categories)
+    assert all(s.image_path.parts[-3] == "test" for s in train_set.samples)  # the auxiliary TEST split
+    assert all("objects" in str(s.image_path) for s in train_set.samples)
+    assert all("textures" in str(s.image_path) for s in eval_set.samples)
+    assert train_set[0]["image"].shape == (3, 96, 96)
+
+
+def test_load_or_train_trains_once_then_loads(profile, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    model, history = load_or_train(profile, run_dir)
+    assert len(history) == 1 and (run_dir / "last.safetensors").is_file()
+    loaded, loaded_history = load_or_train(profile, run_dir)
+    assert loaded_history.to_frame().equals(history.to_frame())
+    for (name, a), (_, b) in zip(model.adapters.state_dict().items(), loaded.adapters.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="another configuration"):
+        load_or_train(profile, run_dir, lambda_fuse=0.5)
+
+
+def test_default_run_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FECLIP_RUNS", str(tmp_path))
+    assert default_run_dir(SMOKE, "ablation") == tmp_path / "smoke" / "ablation"
