@@ -59,6 +59,8 @@ class Profile:
             every window (``None``: all).
         adapter_lr: Learning rate of the adapters.
         fc_patch_lr: Learning rate of ``fc_patch``.
+        ablation_epochs: Training epochs of each ablation run.
+        ablation_images_per_category: Cap on evaluated images per category in ablations (``None``: all).
         num_threads: Torch CPU threads (``None``: torch's default). One thread is fastest for the tiny backbone.
         seed: Random seed.
     """
@@ -79,6 +81,8 @@ class Profile:
     winclip_images_per_category: int | None
     adapter_lr: float
     fc_patch_lr: float
+    ablation_epochs: int
+    ablation_images_per_category: int | None
     num_threads: int | None
     seed: int = 0
 
@@ -118,6 +122,8 @@ FULL = Profile(
     winclip_images_per_category=None,
     adapter_lr=5e-4,
     fc_patch_lr=5e-6,
+    ablation_epochs=9,
+    ablation_images_per_category=None,
     num_threads=None,
 )
 
@@ -129,7 +135,7 @@ SMOKE = Profile(
     data_root=Path.home() / ".cache" / "feclip" / "synthetic",
     train_dataset="synth-objects",
     eval_dataset="synth-textures",
-    epochs=3,
+    epochs=6,
     batch_size=8,
     max_images_per_category=None,
     num_workers=0,
@@ -140,6 +146,8 @@ SMOKE = Profile(
     # few CPU epochs enough to move the metrics (the ratio of the two rates is the paper's).
     adapter_lr=5e-3,
     fc_patch_lr=5e-5,
+    ablation_epochs=3,
+    ablation_images_per_category=6,
     num_threads=1,
 )
 
