@@ -321,3 +321,21 @@ def test_from_open_clip_builds_the_tiny_backbone() -> None:
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 96, 96))
     assert out.anomaly_map.shape == (1, 96, 96)
+
+
+def test_a_grid_the_windows_do_not_divide() -> None:
+    """ViT-B/16 at 224 px has a 14x14 grid, which P = 3 does not divide: FFE pads and crops, nothing else changes."""
+    import open_clip
+
+    from feclip.backbones import TINY_MODEL
+
+    clip = open_clip.create_model(TINY_MODEL, pretrained=None, force_image_size=112).eval()  # 14x14 grid
+    tokenizer = open_clip.get_tokenizer(TINY_MODEL)
+    images = torch.randn(2, 3, 112, 112)
+    model = FEClip(clip, tokenizer, backbone=TINY_MODEL, pretrained=None)
+    assert model.grid_size == (14, 14)
+    out = model(images)
+    assert out.tap_maps.shape == (4, 2, 14, 14) and out.anomaly_map.shape == (2, 112, 112)
+    assert torch.isfinite(out.anomaly_map).all()
+    identity = FEClip(clip, tokenizer, backbone=TINY_MODEL, pretrained=None, lambda_fuse=0.0)
+    torch.testing.assert_close(identity.encode_taps(images)[-1].image_embedding, clip.encode_image(images), atol=1e-5, rtol=0)
