@@ -157,7 +157,11 @@ def local_frequency_statistic(
     transformed and summarised, without unfolding the windows:
 
     * ``"mean"``: the signed mean is linear in the window, so it is one fixed
-      depthwise filter (:func:`feclip.dct.dct_mean_filter`).
+      depthwise filter (:func:`feclip.dct.dct_mean_filter`). Worth knowing: the
+      column sums of the DCT basis concentrate on the first sample, so for ``Q = 3`` the
+      filter is nearly an impulse at the window's top-left corner (weight 0.318 there,
+      at most 0.052 elsewhere): the signed mean is close to a scaled, shifted copy of the
+      tokens. ``"abs"`` and ``"power"`` summarise the window's spectrum for real.
     * ``"power"``: the transform is orthonormal, so by Parseval the mean squared
       coefficient equals the mean squared value: a box filter of ``x**2``.
     * ``"abs"``: the mean absolute coefficient is not linear, so the ``Q * Q`` coefficients
