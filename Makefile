@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Synthetic data and smoke-run checkpoints live inside the checkout, so no stale cache from
+# another version of the code is ever picked up.
+CACHE  := $(CURDIR)/_build/cache
+export FECLIP_SMOKE_DATA ?= $(CACHE)/synthetic
+export FECLIP_RUNS ?= $(CACHE)/runs
 
 .PHONY: book test install clean
 
@@ -20,6 +25,7 @@ book: $(STAMP)
 	FECLIP_PROFILE=$${FECLIP_PROFILE:-auto} $(BIN)/jupyter-book build . -W --keep-going
 
 test: $(STAMP)
+	rm -rf $(CACHE)
 	FECLIP_PROFILE=smoke $(BIN)/python -m pytest
 
 clean:
