@@ -203,7 +203,8 @@ class FEClip(nn.Module):
             pretrained: Pretrained tag (``"openai"``), a checkpoint path, or ``None`` for random weights.
             device: Device of the model.
             cache_dir: Optional weights cache directory.
-            seed: Seed of a random backbone (``pretrained=None``).
+            seed: Seed of the adapters' initialisation and of a random backbone (``pretrained=None``);
+                the global RNG is left untouched, so the same call always builds the same model.
             **overrides: Fields of :class:`FEClipConfig`.
 
         Returns:
@@ -212,7 +213,10 @@ class FEClip(nn.Module):
         from feclip.backbones import create_clip
 
         clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir, seed=seed)
-        return cls(clip, tokenizer, backbone=name, pretrained=pretrained, backbone_seed=seed, **overrides).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(clip, tokenizer, backbone=name, pretrained=pretrained, backbone_seed=seed, **overrides)
+        return model.to(device)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", **kwargs: Any) -> FEClip:

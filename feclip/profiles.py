@@ -146,7 +146,7 @@ SMOKE = Profile(
     # few CPU epochs enough to move the metrics (the ratio of the two rates is the paper's).
     adapter_lr=5e-3,
     fc_patch_lr=5e-5,
-    ablation_epochs=3,
+    ablation_epochs=2,
     ablation_images_per_category=6,
     num_threads=1,
 )

@@ -13,10 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from feclip.checkpoint import read_metadata
 from feclip.data import AnomalyDataset, build_dataset, transforms_for_clip
 from feclip.model import FEClip
 from feclip.profiles import Profile, ensure_data
 from feclip.train import History, TrainConfig, train
+
+# Training settings that make a finished run a different run (device, workers and logging do not).
+_RUN_DEFINING = ("epochs", "batch_size", "lr", "fc_patch_lr", "w_cls", "w_mask", "loss_reduction", "focal_gamma", "seed")
 
 __all__ = ["build_model", "profile_datasets", "train_config", "default_run_dir", "load_or_train"]
 
@@ -113,7 +117,10 @@ def load_or_train(
         history = History.load(run_dir)
         if len(history) >= config.epochs:
             model = FEClip.load(checkpoint, device=profile.device)
+            saved_training = read_metadata(checkpoint).get("extra", {}).get("train_config", {})
+            wanted_training = config.to_dict()
             differing = {k: v for k, v in model_overrides.items() if getattr(model.config, k) != v}
+            differing |= {k: wanted_training[k] for k in _RUN_DEFINING if saved_training.get(k, wanted_training[k]) != wanted_training[k]}
             if differing:
                 raise ValueError(f"{run_dir} holds a run with another configuration ({differing}); use another run_dir")
             return model.eval(), history

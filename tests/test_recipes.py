@@ -47,6 +47,17 @@ def test_load_or_train_trains_once_then_loads(profile, tmp_path: Path) -> None:
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="another configuration"):
         load_or_train(profile, run_dir, lambda_fuse=0.5)
+    with pytest.raises(ValueError, match="fc_patch_lr"):
+        load_or_train(profile, run_dir, train_overrides={"fc_patch_lr": 1e-3})
+
+
+def test_build_model_is_the_same_whatever_the_global_rng(profile) -> None:
+    torch.manual_seed(1)
+    first = build_model(profile)
+    torch.manual_seed(2)
+    second = build_model(profile)
+    for (name, a), (_, b) in zip(first.adapters.state_dict().items(), second.adapters.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_default_run_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
