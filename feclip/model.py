@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from feclip.adapters import LFS_STATISTICS, FrequencyAdapter, LfsStatistic
 from feclip.predictor import AnomalyPrediction
-from feclip.prompts import PAPER_PROMPTS, encode_prompt_pair
+from feclip.frozen import FrozenClipDetector
+from feclip.prompts import PAPER_PROMPTS
 from feclip.scoring import anomaly_probability
 from feclip.taps import default_tap_indices
 from feclip.vit import check_vit, embed_images, project_tokens
@@ -116,7 +117,7 @@ class TapFeatures:
     patch_tokens: Tensor
 
 
-class FEClip(nn.Module):
+class FEClip(FrozenClipDetector):
     """FE-CLIP on top of an injected open_clip CLIP model.
 
     Args:
@@ -143,7 +144,6 @@ class FEClip(nn.Module):
         text_features: Tensor | None = None,
         **overrides: Any,
     ) -> None:
-        super().__init__()
         visual = check_vit(clip)
         config = dataclasses.replace(config or FEClipConfig(), **overrides)
         if config.lfs_statistic not in LFS_STATISTICS:
@@ -152,11 +152,8 @@ class FEClip(nn.Module):
         taps = sorted(config.tap_indices) if config.tap_indices is not None else default_tap_indices(depth)
         if not taps or len(set(taps)) != len(taps) or taps[0] < 0 or taps[-1] >= depth:
             raise ValueError(f"tap_indices must be distinct blocks in [0, {depth - 1}], got {config.tap_indices}")
+        super().__init__(clip, tokenizer, text_features, config.normal_prompts, config.anomalous_prompts)
         self.config = dataclasses.replace(config, tap_indices=taps)
-
-        self.clip = clip.eval()
-        for parameter in self.clip.parameters():
-            parameter.requires_grad_(False)
         width = visual.conv1.out_channels
         self.grid_size: tuple[int, int] = tuple(visual.grid_size)
         self.adapters = nn.ModuleList(
@@ -178,12 +175,6 @@ class FEClip(nn.Module):
         with torch.no_grad():
             self.fc_patch.weight.copy_(visual.proj.T)
             self.fc_patch.bias.zero_()
-        if text_features is None:
-            if tokenizer is None:
-                raise ValueError("FEClip needs a tokenizer to embed its prompts, or precomputed text_features")
-            text_features = encode_prompt_pair(clip, tokenizer, config.normal_prompts, config.anomalous_prompts)
-        self.register_buffer("text_features", F.normalize(text_features.float(), dim=-1))
-        self._tokenizer = tokenizer
 
     @classmethod
     def from_open_clip(
@@ -255,24 +246,15 @@ class FEClip(nn.Module):
             return float(1.0 / self.clip.logit_scale.exp())
         return self.config.temperature
 
-    def train(self, mode: bool = True) -> FEClip:
-        """Set the adapters' mode; the frozen CLIP always stays in eval mode (no dropout on the teacher)."""
-        super().train(mode)
-        self.clip.eval()
-        return self
-
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Parameters the optimiser should see, in the groups the trainer gives their own learning rates."""
         return {"adapters": list(self.adapters.parameters()), "fc_patch": list(self.fc_patch.parameters())}
 
     def set_prompts(self, normal: str | list[str], anomalous: str | list[str]) -> None:
         """Re-embed the text prompts (for example with a class name, or WinCLIP's ensemble)."""
-        if self._tokenizer is None:
-            raise ValueError("set_prompts needs the tokenizer the model was built with")
         normal = [normal] if isinstance(normal, str) else list(normal)
         anomalous = [anomalous] if isinstance(anomalous, str) else list(anomalous)
-        features = encode_prompt_pair(self.clip, self._tokenizer, normal, anomalous)
-        self.text_features.copy_(F.normalize(features.float(), dim=-1))
+        self._embed_prompts(normal, anomalous)
         self.config.normal_prompts, self.config.anomalous_prompts = normal, anomalous
 
     def encode_taps(self, images: Tensor) -> list[TapFeatures]:

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feclip.vit import check_vit, encode_vit, project_tokens
+from feclip.frozen import FrozenClipDetector
 from feclip.predictor import AnomalyPrediction
-from feclip.prompts import PAPER_PROMPTS, class_prompts, encode_prompt_pair
+from feclip.prompts import PAPER_PROMPTS, class_prompts
 from feclip.scoring import anomaly_probability
+from feclip.vit import encode_vit, project_tokens
 
 __all__ = ["Prompts", "prompt_pair", "ClipZeroShotOutput", "ClipZeroShot"]
 
@@ -66,7 +67,7 @@ class ClipZeroShotOutput(AnomalyPrediction):
     patch_map: Tensor = None  # type: ignore[assignment]
 
 
-class ClipZeroShot(nn.Module):
+class ClipZeroShot(FrozenClipDetector):
     """CLIP zero-shot anomaly classification and naive segmentation.
 
     Args:
@@ -93,19 +94,10 @@ class ClipZeroShot(nn.Module):
         *,
         text_features: Tensor | None = None,
     ) -> None:
-        super().__init__()
-        check_vit(clip)
-        self.clip = clip.eval()
-        for parameter in self.clip.parameters():
-            parameter.requires_grad_(False)
+        normal, anomalous = prompt_pair(prompts)
+        super().__init__(clip, tokenizer, text_features, normal, anomalous)
         self.temperature = temperature
-        self._tokenizer = tokenizer
-        self.normal_prompts, self.anomalous_prompts = prompt_pair(prompts)
-        if text_features is None:
-            if tokenizer is None:
-                raise ValueError("ClipZeroShot needs a tokenizer to embed its prompts, or precomputed text_features")
-            text_features = encode_prompt_pair(clip, tokenizer, self.normal_prompts, self.anomalous_prompts)
-        self.register_buffer("text_features", F.normalize(text_features.float(), dim=-1))
+        self.normal_prompts, self.anomalous_prompts = normal, anomalous
 
     @classmethod
     def from_open_clip(
@@ -126,17 +118,9 @@ class ClipZeroShot(nn.Module):
 
     def set_prompts(self, prompts: Prompts) -> None:
         """Re-embed the text prompts (a class name or a pair of prompts/ensembles)."""
-        if self._tokenizer is None:
-            raise ValueError("set_prompts needs the tokenizer the model was built with")
         normal, anomalous = prompt_pair(prompts)
-        self.text_features.copy_(F.normalize(encode_prompt_pair(self.clip, self._tokenizer, normal, anomalous), dim=-1))
+        self._embed_prompts(normal, anomalous)
         self.normal_prompts, self.anomalous_prompts = normal, anomalous
-
-    def train(self, mode: bool = True) -> ClipZeroShot:
-        """Nothing here trains: the frozen CLIP always stays in eval mode."""
-        super().train(mode)
-        self.clip.eval()
-        return self
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> ClipZeroShotOutput:

@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feclip.vit import check_vit, embed_images, encode_windows, project_tokens, run_blocks
+from feclip.frozen import FrozenClipDetector
 from feclip.predictor import AnomalyPrediction
-from feclip.prompts import encode_prompt_pair, winclip_prompts
+from feclip.prompts import winclip_prompts
 from feclip.scoring import anomaly_probability
+from feclip.vit import check_vit, embed_images, encode_windows, project_tokens, run_blocks
 
 __all__ = [
     "make_window_masks",
@@ -166,7 +167,7 @@ class WinClipOutput(AnomalyPrediction):
     scale_maps: Tensor = None  # type: ignore[assignment]
 
 
-class WinClip(nn.Module):
+class WinClip(FrozenClipDetector):
     """WinCLIP zero-shot on an injected open_clip ViT.
 
     Args:
@@ -203,16 +204,13 @@ class WinClip(nn.Module):
         chunk_size: int = 4096,
         text_features: Tensor | None = None,
     ) -> None:
-        super().__init__()
         visual = check_vit(clip)
         if image_score not in IMAGE_SCORES:
             raise ValueError(f"unknown image_score {image_score!r}; choose one of {IMAGE_SCORES}")
         scales = tuple(int(s) for s in scales)
         if len(set(scales)) != len(scales) or (not scales and not include_image_scale):
             raise ValueError(f"scales must be distinct (and not empty without the image scale), got {scales}")
-        self.clip = clip.eval()
-        for parameter in self.clip.parameters():
-            parameter.requires_grad_(False)
+        super().__init__(clip, tokenizer, text_features, *winclip_prompts(class_name))
         self.grid_size: tuple[int, int] = tuple(visual.grid_size)
         self.scales, self.stride = scales, stride
         self.temperature = temperature
@@ -223,13 +221,7 @@ class WinClip(nn.Module):
             masks = make_window_masks(self.grid_size, scale, stride)
             self.register_buffer(f"window_masks_{scale}", masks, persistent=False)
             self.register_buffer(f"window_indices_{scale}", window_indices(masks), persistent=False)
-        self._tokenizer = tokenizer
         self.class_name = class_name
-        if text_features is None:
-            if tokenizer is None:
-                raise ValueError("WinClip needs a tokenizer to embed its prompts, or precomputed text_features")
-            text_features = encode_prompt_pair(clip, tokenizer, *winclip_prompts(class_name))
-        self.register_buffer("text_features", F.normalize(text_features.float(), dim=-1))
 
     @classmethod
     def from_open_clip(
@@ -274,16 +266,7 @@ class WinClip(nn.Module):
 
     def set_prompts(self, normal: str | Sequence[str], anomalous: str | Sequence[str]) -> None:
         """Use other normal/anomalous prompts (or ensembles)."""
-        if self._tokenizer is None:
-            raise ValueError("set_prompts needs the tokenizer the model was built with")
-        features = encode_prompt_pair(self.clip, self._tokenizer, normal, anomalous)
-        self.text_features.copy_(F.normalize(features.float(), dim=-1))
-
-    def train(self, mode: bool = True) -> WinClip:
-        """Nothing here trains: the frozen CLIP always stays in eval mode."""
-        super().train(mode)
-        self.clip.eval()
-        return self
+        self._embed_prompts(normal, anomalous)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> WinClipFeatures:
