@@ -266,7 +266,9 @@ class LocalFrequencyStatistics(nn.Module):
         if statistic not in LFS_STATISTICS:
             raise ValueError(f"unknown LFS statistic {statistic!r}; choose one of {LFS_STATISTICS}")
         self.window, self.statistic, self.basis = window, statistic, basis
-        self.conv = nn.Conv2d(width, width, kernel_size=3, padding=1)
+        # Channels-last weights match the (B, H, W, D) token layout the statistic arrives in, so the
+        # convolution runs without copying its D x D x 3 x 3 weight on every call (benchmarks/RESULTS.md).
+        self.conv = nn.Conv2d(width, width, kernel_size=3, padding=1).to(memory_format=torch.channels_last)
         self.act = nn.GELU()
         self.register_buffer("filters", statistic_filters(window, statistic, width, basis), persistent=False)
 

@@ -36,14 +36,6 @@ train_step = _load("train_step")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_timing_rounds_and_median():
     calls: list[str] = []
     timings = common.time_interleaved(
