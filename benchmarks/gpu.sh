@@ -70,18 +70,18 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
     TRAIN=(--backbones feclip-tiny --batch 2 --rounds 1 --warmup 0)
 else
     OVERHEAD=(--batch-sizes 1 8 --rounds 30 --warmup 3)
-    ADAPTERS=(--rounds 10 --warmup 2 --min-run-time 0.05 --with-module --conv-variants)
+    ADAPTERS=(--rounds 5 --warmup 1 --min-run-time 0.02)
     TRAIN=(--rounds 10 --warmup 2)
 fi
 run_step overhead-fp32 80 "$PYTHON" benchmarks/overhead.py --device "$DEVICE" "${OVERHEAD[@]}" --try-channels-last \
     --json "$OUT/overhead_fp32.json" --markdown "$WORK/overhead_fp32.md"
 if [ "$DEVICE" = cuda ]; then  # compiling takes most of this step's time, so only the target backbone
-    run_step overhead-compile 150 "$PYTHON" benchmarks/overhead.py --device "$DEVICE" "${OVERHEAD[@]}" \
+    run_step overhead-compile 120 "$PYTHON" benchmarks/overhead.py --device "$DEVICE" "${OVERHEAD[@]}" \
         --backbones ViT-L-14-336 --compile --json "$OUT/overhead_compile.json" --markdown "$WORK/overhead_compile.md"
 fi
 run_step overhead-bf16 60 "$PYTHON" benchmarks/overhead.py --device "$DEVICE" "${OVERHEAD[@]}" --precision bf16 \
     --json "$OUT/overhead_bf16.json" --markdown "$WORK/overhead_bf16.md"
-run_step adapters 80 "$PYTHON" benchmarks/adapters.py --device "$DEVICE" "${ADAPTERS[@]}" \
+run_step adapters 120 "$PYTHON" benchmarks/adapters.py --device "$DEVICE" "${ADAPTERS[@]}" \
     --json "$OUT/adapters.json" --markdown "$WORK/adapters.md"
 run_step train-step 80 "$PYTHON" benchmarks/train_step.py --device "$DEVICE" "${TRAIN[@]}" \
     --json "$OUT/train_step.json" --markdown "$WORK/train_step.md"

@@ -31,7 +31,10 @@ def bce_loss(scores: Tensor, labels: Tensor) -> Tensor:
     Returns:
         Scalar mean loss.
     """
-    return F.binary_cross_entropy(scores.float().clamp(_EPS, 1 - _EPS), labels.float())
+    # Written out rather than F.binary_cross_entropy, which refuses to run under CUDA autocast;
+    # the probabilities are float32 here, so this is the same computation in any precision context.
+    p, y = scores.float().clamp(_EPS, 1 - _EPS), labels.float()
+    return -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).mean()
 
 
 def focal_loss(probabilities: Tensor, masks: Tensor, gamma: float = 2.0, alpha: float | None = None) -> Tensor:
