@@ -115,3 +115,10 @@ def test_a_perfect_prediction_costs_almost_nothing() -> None:
 def test_bad_reduction() -> None:
     with pytest.raises(ValueError, match="reduction must be 'per_tap' or 'mean', got 'sum'"):
         FEClipLoss(reduction="sum")
+
+
+def test_bce_matches_torch_and_needs_no_autocast_unsafe_op() -> None:
+    # F.binary_cross_entropy refuses to run under CUDA autocast; bce_loss is written out and must agree with it.
+    scores, labels = torch.tensor([0.1, 0.8, 0.5, 0.999]), torch.tensor([0, 1, 1, 0])
+    expected = torch.nn.functional.binary_cross_entropy(scores, labels.float())
+    torch.testing.assert_close(bce_loss(scores, labels), expected, rtol=1e-6, atol=1e-7)
