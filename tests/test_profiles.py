@@ -10,6 +10,12 @@ import torch
 from feclip.profiles import FULL, SMOKE, announce, full_profile_available, resolve_profile
 
 
+@pytest.fixture(autouse=True)
+def _default_smoke_data_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make test`` points FECLIP_SMOKE_DATA into the checkout; these tests compare with the default profile."""
+    monkeypatch.delenv("FECLIP_SMOKE_DATA", raising=False)
+
+
 def test_smoke_profile_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FECLIP_PROFILE", raising=False)
     monkeypatch.delenv("FECLIP_SMOKE_DATA", raising=False)
