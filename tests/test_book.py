@@ -77,6 +77,13 @@ def test_notebooks_follow_the_chapter_shape(notebook: Path) -> None:
     assert "assert " in "\n".join(code), f"{notebook.name}: asserts nothing"
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_use_no_live_interact(notebook: Path) -> None:
+    """``widgets.interact`` can stall an unattended kernel run for minutes (jupyter/nbclient#312): use interact_manual."""
+    code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+    assert "widgets.interact(" not in code and "@interact\n" not in code, notebook.name
+
+
 def test_book_builds_without_warnings_with_execution_off(tmp_path: Path) -> None:
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "off"
