@@ -26,14 +26,6 @@ from feclip.checkpoint import (
 from feclip.model import FEClip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads only slow things down
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(tiny_clip, seed: int = 0, **overrides) -> FEClip:
     clip, tokenizer = tiny_clip
     torch.manual_seed(seed)

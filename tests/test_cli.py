@@ -24,14 +24,6 @@ from feclip.data import load_rgb, transforms_for_clip
 SMALL = ["--n-train-good", "0", "--n-test-good", "1", "--n-defect", "1", "--image-size", "64"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: oversubscribed threads only slow things down
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
