@@ -156,6 +156,19 @@ def load_mask(path: str | Path) -> np.ndarray:
     return values > 0
 
 
+SPLITS = ("train", "test")
+
+
+def check_root_and_split(root: str | Path, split: str) -> Path:
+    """The dataset root as a ``Path``, after checking it exists and ``split`` is ``"train"`` or ``"test"``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found: {root}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return root
+
+
 def resolve_transform(
     transform: AnomalyTransform | None,
     image_size: ImageSize | None,

@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from feclip.data.base import IMAGE_EXTENSIONS, AnomalyDataset, Sample, list_images, resolve_transform
+from feclip.data.base import (
+    IMAGE_EXTENSIONS,
+    AnomalyDataset,
+    Sample,
+    check_root_and_split,
+    list_images,
+    resolve_transform,
+)
 from feclip.data.transforms import AnomalyTransform, ImageSize
 
 __all__ = ["MVTEC_CATEGORIES", "MVTEC_OBJECTS", "MVTEC_TEXTURES", "MVTecAD", "find_categories", "find_mask"]
@@ -28,7 +35,6 @@ MVTEC_CATEGORIES = tuple(sorted(MVTEC_TEXTURES + MVTEC_OBJECTS))
 
 # Names of the folders holding normal images: MVTec/MPDD use "good", BTAD uses "ok".
 NORMAL_DIR_NAMES = ("good", "ok")
-SPLITS = ("train", "test")
 
 
 def find_categories(root: Path) -> list[str]:
@@ -115,11 +121,7 @@ class MVTecAD(AnomalyDataset):
         std: Sequence[float] | None = None,
         transform: AnomalyTransform | None = None,
     ) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"dataset root not found: {root}")
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        root = check_root_and_split(root, split)
         samples = [s for c in _select_categories(root, categories) for s in _category_samples(root / c, split)]
         super().__init__(samples, resolve_transform(transform, image_size, mean, std))
         self.root = root

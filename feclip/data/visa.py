@@ -19,7 +19,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from feclip.data.base import AnomalyDataset, Sample, resolve_transform
+from feclip.data.base import AnomalyDataset, Sample, check_root_and_split, resolve_transform
 from feclip.data.transforms import AnomalyTransform, ImageSize
 
 __all__ = ["VISA_CATEGORIES", "VISA_SPLIT_CSV", "VisA", "read_visa_split_csv"]
@@ -31,7 +31,6 @@ VISA_CATEGORIES = (
 VISA_SPLIT_CSV = Path("split_csv") / "1cls.csv"
 REQUIRED_COLUMNS = ("object", "split", "label", "image", "mask")
 LABELS = {"normal": 0, "anomaly": 1}
-SPLITS = ("train", "test")
 
 
 def read_visa_split_csv(root: Path, csv_path: Path, split: str | None = None) -> list[Sample]:
@@ -106,11 +105,7 @@ class VisA(AnomalyDataset):
         transform: AnomalyTransform | None = None,
         split_csv: str | Path | None = None,
     ) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"dataset root not found: {root}")
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        root = check_root_and_split(root, split)
         csv_path = Path(split_csv) if split_csv is not None else root / VISA_SPLIT_CSV
         rows = read_visa_split_csv(root, csv_path, split)
         found = list(dict.fromkeys(s.category for s in rows))
