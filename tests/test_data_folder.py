@@ -152,3 +152,10 @@ def test_limit_per_category_spreads_evenly_over_each_category(tmp_path) -> None:
     assert len(dataset.limit_per_category(None)) == 14 and len(dataset.limit_per_category(100)) == 14
     with pytest.raises(ValueError, match="max_items"):
         dataset.limit_per_category(0)
+
+
+def test_resize_mode_reaches_the_transform(tmp_path: Path) -> None:
+    root = make_folders(tmp_path)
+    dataset = build_dataset(f"folder:{root}", image_size=4, resize_mode="crop")
+    assert dataset.transform.resize_mode == "crop" and "resize_mode='crop'" in repr(dataset)
+    assert FolderDataset(image_dir=root / "good", resize_mode="crop").transform.resize_mode == "crop"

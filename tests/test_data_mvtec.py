@@ -173,3 +173,13 @@ def test_zero_shot_protocol_trains_on_the_auxiliary_test_split() -> None:
     assert all(AUXILIARY_DATASET[AUXILIARY_DATASET[k]] == k for k in AUXILIARY_DATASET)
     with pytest.raises(ValueError, match="'btad'"):
         training_split_for_zero_shot("btad")
+
+
+def test_resize_mode_reaches_the_transform_and_the_repr(tmp_path: Path) -> None:
+    make_mvtec(tmp_path)
+    dataset = build_dataset(f"mvtec:{tmp_path}", categories="bottle", image_size=4, resize_mode="crop")
+    assert dataset.transform == AnomalyTransform(4, resize_mode="crop")
+    assert "resize_mode='crop'" in repr(dataset)
+    assert MVTecAD(tmp_path, image_size=4).transform.resize_mode == "squash"
+    with pytest.raises(ValueError, match="resize_mode must be one of"):
+        MVTecAD(tmp_path, resize_mode="shortest")

@@ -106,3 +106,11 @@ def test_build_dataset_parses_visa_spec(tmp_path: Path) -> None:
     make_visa(tmp_path)
     dataset = build_dataset(f"visa:{tmp_path}", split="test", categories=["candle"], image_size=4)
     assert isinstance(dataset, VisA) and dataset.labels.tolist() == [0, 1]
+
+
+def test_resize_mode_reaches_the_transform(tmp_path: Path) -> None:
+    make_visa(tmp_path)
+    assert VisA(tmp_path, image_size=4, resize_mode="crop").transform.resize_mode == "crop"
+    assert build_dataset(f"visa:{tmp_path}", image_size=4, resize_mode="crop").transform.resize_mode == "crop"
+    with pytest.raises(ValueError, match="either transform"):
+        VisA(tmp_path, transform=VisA(tmp_path).transform, resize_mode="crop")

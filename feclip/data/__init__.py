@@ -23,7 +23,9 @@ from feclip.data.base import (
     UNKNOWN_LABEL,
     AnomalyDataset,
     AnomalyItem,
+    EmptyMaskWarning,
     ImageReadError,
+    MaskSizeError,
     Sample,
     load_mask,
     load_rgb,
@@ -45,7 +47,8 @@ from feclip.data.visa import VISA_CATEGORIES, VisA
 __all__ = [
     "AUXILIARY_DATASET", "DATASET_KINDS", "DEFECT_TYPES", "FAMILIES", "IMAGE_EXTENSIONS", "MVTEC_CATEGORIES",
     "OBJECT_CATEGORIES", "TEXTURE_CATEGORIES", "UNKNOWN_LABEL", "VISA_CATEGORIES",
-    "AnomalyDataset", "AnomalyItem", "AnomalyTransform", "FolderDataset", "ImageReadError", "MVTecAD",
+    "AnomalyDataset", "AnomalyItem", "AnomalyTransform", "EmptyMaskWarning", "FolderDataset", "ImageReadError",
+    "MVTecAD", "MaskSizeError",
     "Sample", "VisA", "ZeroShotSplit",
     "build_dataset", "generate_benchmark", "generate_synthetic_dataset", "load_mask", "load_rgb",
     "render_sample", "to_display", "training_split_for_zero_shot", "transforms_for_clip", "unnormalize",
@@ -122,7 +125,8 @@ def build_dataset(
         spec: ``"kind:PATH"``.
         split: ``"test"`` or ``"train"``.
         categories: Categories to keep (None: all).
-        **transform_kwargs: ``image_size``, ``mean``, ``std`` or ``transform``.
+        **transform_kwargs: ``image_size``, ``mean``, ``std`` and ``resize_mode`` (``"squash"`` or
+            ``"crop"``), or a ready ``transform``.
 
     Returns:
         The dataset.

@@ -2,11 +2,24 @@
 
 A dataset is a list of :class:`Sample` records (paths and labels, checked when the dataset
 is built) plus an :class:`~feclip.data.transforms.AnomalyTransform`. Loading happens in
-``__getitem__``; a file that cannot be decoded raises :class:`ImageReadError` naming it.
+``__getitem__``, and so do the checks that need the files' contents, each naming the file:
+
+* a file that cannot be decoded raises :class:`ImageReadError`;
+* a ground-truth mask whose size differs from its image's raises :class:`MaskSizeError`
+  naming both files and both sizes (stretching it would silently change the pixel metrics);
+* an anomalous image whose mask is all zeros gets an :class:`EmptyMaskWarning` (once per file
+  and process): its pixel metrics then count no defect in it;
+* an image larger than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``,
+  about 89 M pixels; Pillow refuses twice that) raises :class:`ImageReadError` saying so. To
+  allow larger images, set the environment variable ``FECLIP_MAX_IMAGE_PIXELS`` to a pixel
+  count, or to ``none`` for no limit (it sets ``PIL.Image.MAX_IMAGE_PIXELS`` before each file
+  is opened; Python code may also set that attribute directly).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +37,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "AnomalyDataset",
     "AnomalyItem",
+    "EmptyMaskWarning",
     "ImageReadError",
+    "MAX_IMAGE_PIXELS_ENV",
+    "MaskSizeError",
     "Sample",
     "list_images",
     "load_mask",
@@ -40,8 +56,24 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 UNKNOWN_LABEL = -1
 
 
+# Environment variable that raises (or, with "none", lifts) Pillow's decompression-bomb limit.
+MAX_IMAGE_PIXELS_ENV = "FECLIP_MAX_IMAGE_PIXELS"
+
+
 class ImageReadError(OSError):
-    """An image or mask file exists but cannot be decoded."""
+    """An image or mask file exists but cannot be decoded (or is over the decompression-bomb limit)."""
+
+
+class MaskSizeError(ValueError):
+    """A ground-truth mask does not have the size of its image."""
+
+
+class EmptyMaskWarning(UserWarning):
+    """An anomalous image's mask file marks no pixel as anomalous."""
+
+
+# Masks already warned about in this process: one warning per file, not one per epoch.
+_WARNED_EMPTY_MASKS: set[Path] = set()
 
 
 class AnomalyItem(TypedDict):
@@ -87,12 +119,36 @@ def list_images(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _apply_pixel_limit_from_environment() -> None:
+    """Set ``PIL.Image.MAX_IMAGE_PIXELS`` from :data:`MAX_IMAGE_PIXELS_ENV` when that is set."""
+    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not value:
+        return
+    if value.lower() == "none":
+        Image.MAX_IMAGE_PIXELS = None
+        return
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be a positive number of pixels or 'none', got {value!r}")
+    Image.MAX_IMAGE_PIXELS = limit
+
+
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    _apply_pixel_limit_from_environment()
     try:
         image = Image.open(path)
         image.load()  # decode now so a truncated file fails here, not later in a transform
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(
+            f"image {path} is over Pillow's decompression-bomb limit ({err}); if you trust the file, allow it "
+            f"by setting the environment variable {MAX_IMAGE_PIXELS_ENV} to a larger pixel count or to 'none' "
+            "(in Python, PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
     return image
@@ -174,13 +230,19 @@ def resolve_transform(
     image_size: ImageSize | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    resize_mode: str | None = None,
 ) -> AnomalyTransform:
-    """Return ``transform``, or build one from ``image_size``/``mean``/``std`` (defaults: 224, OpenAI's)."""
+    """Return ``transform``, or build one from ``image_size``/``mean``/``std``/``resize_mode``.
+
+    The defaults of a built transform are 224 px, OpenAI's mean and std, and ``"squash"``.
+    """
     if transform is not None:
-        if image_size is not None or mean is not None or std is not None:
-            raise ValueError("pass either transform or image_size/mean/std, not both")
+        if image_size is not None or mean is not None or std is not None or resize_mode is not None:
+            raise ValueError("pass either transform or image_size/mean/std/resize_mode, not both")
         return transform
     kwargs: dict = {}
+    if resize_mode is not None:
+        kwargs["resize_mode"] = resize_mode
     if image_size is not None:
         kwargs["image_size"] = image_size
     if mean is not None:
@@ -188,6 +250,29 @@ def resolve_transform(
     if std is not None:
         kwargs["std"] = tuple(std)
     return AnomalyTransform(**kwargs)
+
+
+def _check_mask(mask: np.ndarray, image: Image.Image, sample: Sample) -> None:
+    """Refuse a mask of the wrong size; warn once about an anomalous image with an empty mask."""
+    if mask.shape != (image.height, image.width):
+        raise MaskSizeError(
+            f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image "
+            f"{sample.image_path} is {image.width}x{image.height}; a stretched mask would change the pixel metrics"
+        )
+    if sample.label == 1 and sample.mask_path not in _WARNED_EMPTY_MASKS and not mask.any():
+        _WARNED_EMPTY_MASKS.add(sample.mask_path)
+        warnings.warn(
+            f"mask {sample.mask_path} of anomalous image {sample.image_path} marks no anomalous pixel",
+            EmptyMaskWarning,
+            stacklevel=3,
+        )
+
+
+def _held_out_count(size: int, fraction: float) -> int:
+    """Items of a stratum of ``size`` to hold out: ``fraction`` of it rounded half up, at least one per part."""
+    if size < 2:
+        return 0
+    return min(max(int(np.floor(size * fraction + 0.5)), 1), size - 1)
 
 
 class AnomalyDataset(Dataset):
@@ -210,6 +295,7 @@ class AnomalyDataset(Dataset):
         image = load_rgb(sample.image_path)
         if sample.mask_path is not None:
             mask = load_mask(sample.mask_path)
+            _check_mask(mask, image, sample)
         else:
             mask = np.zeros((image.height, image.width), dtype=bool)
         return AnomalyItem(
@@ -257,8 +343,40 @@ class AnomalyDataset(Dataset):
             kept += [samples[i] for i in picks]
         return AnomalyDataset(kept, self.transform)
 
+    def holdout(self, fraction: float, seed: int) -> tuple["AnomalyDataset", "AnomalyDataset"]:
+        """Split off a seeded, stratified ``fraction`` of the items, e.g. to validate on auxiliary data.
+
+        Each stratum (one category and one label) gives ``round(fraction * n)`` of its ``n`` items
+        (halves rounded up) to the held-out part, chosen at random with ``seed``, but at least one
+        item to each part when it has two or more; a stratum of one item stays in the first
+        part. If that leaves the held-out part empty while the dataset has two or more items, one
+        random item is held out. Both parts keep the dataset's order and transform.
+
+        Args:
+            fraction: Share of each stratum to hold out, in ``(0, 1)``.
+            seed: Seed of the random choice; the same seed (and dataset) gives the same split.
+
+        Returns:
+            ``(kept, held_out)``: two :class:`AnomalyDataset` whose samples partition this one's.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ValueError(f"holdout fraction must be a number in (0, 1), got {fraction!r}")
+        strata: dict[tuple[str, int], list[int]] = {}
+        for index, sample in enumerate(self.samples):
+            strata.setdefault((sample.category, sample.label), []).append(index)
+        rng = np.random.default_rng(seed)
+        held_out: set[int] = set()
+        for members in strata.values():  # first-appearance order: deterministic for a given dataset
+            count = _held_out_count(len(members), fraction)
+            held_out.update(int(i) for i in rng.choice(members, size=count, replace=False))
+        if not held_out and len(self.samples) >= 2:
+            held_out.add(int(rng.integers(len(self.samples))))
+        kept = [s for i, s in enumerate(self.samples) if i not in held_out]
+        return (AnomalyDataset(kept, self.transform),
+                AnomalyDataset([s for i, s in enumerate(self.samples) if i in held_out], self.transform))
+
     def __repr__(self) -> str:
         counts = Counter("anomalous" if s.label == 1 else "normal" if s.label == 0 else "unknown"
                          for s in self.samples)
         return (f"{type(self).__name__}({len(self)} images, categories={self.categories}, "
-                f"{dict(counts)}, size={self.transform.size_hw})")
+                f"{dict(counts)}, size={self.transform.size_hw}, resize_mode={self.transform.resize_mode!r})")

@@ -53,6 +53,8 @@ class FolderDataset(AnomalyDataset):
         mean: Backbone normalisation mean (default OpenAI's).
         std: Backbone normalisation std (default OpenAI's).
         transform: A ready :class:`AnomalyTransform`.
+        resize_mode: ``"squash"`` (default) or ``"crop"`` when no ``transform`` is given; see
+            :mod:`feclip.data.transforms`.
 
     Example:
         >>> FolderDataset(normal_dir="ok", abnormal_dir="ng", mask_dir="ng_masks", image_size=240)
@@ -69,6 +71,7 @@ class FolderDataset(AnomalyDataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         transform: AnomalyTransform | None = None,
+        resize_mode: str | None = None,
     ) -> None:
         if normal_dir is None and abnormal_dir is None and image_dir is None:
             raise ValueError("FolderDataset needs at least one of normal_dir, abnormal_dir, image_dir")
@@ -86,5 +89,5 @@ class FolderDataset(AnomalyDataset):
         if image_dir is not None:
             samples += [Sample(p, UNKNOWN_LABEL, category, "unknown", None, has_mask=False)
                         for p in _images_in(image_dir, "image")]
-        super().__init__(samples, resolve_transform(transform, image_size, mean, std))
+        super().__init__(samples, resolve_transform(transform, image_size, mean, std, resize_mode))
         self.category = category

@@ -106,6 +106,8 @@ class MVTecAD(AnomalyDataset):
         mean: Backbone normalisation mean (default OpenAI's).
         std: Backbone normalisation std (default OpenAI's).
         transform: A ready :class:`AnomalyTransform`, e.g. from ``transforms_for_clip(model)``.
+        resize_mode: ``"squash"`` (default) or ``"crop"`` when no ``transform`` is given; see
+            :mod:`feclip.data.transforms`.
 
     Example:
         >>> dataset = MVTecAD("data/mvtec", categories=["bottle"], transform=transforms_for_clip(clip))
@@ -120,9 +122,10 @@ class MVTecAD(AnomalyDataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         transform: AnomalyTransform | None = None,
+        resize_mode: str | None = None,
     ) -> None:
         root = check_root_and_split(root, split)
         samples = [s for c in _select_categories(root, categories) for s in _category_samples(root / c, split)]
-        super().__init__(samples, resolve_transform(transform, image_size, mean, std))
+        super().__init__(samples, resolve_transform(transform, image_size, mean, std, resize_mode))
         self.root = root
         self.split = split

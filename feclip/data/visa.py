@@ -91,6 +91,8 @@ class VisA(AnomalyDataset):
         mean: Backbone normalisation mean (default OpenAI's).
         std: Backbone normalisation std (default OpenAI's).
         transform: A ready :class:`AnomalyTransform`.
+        resize_mode: ``"squash"`` (default) or ``"crop"`` when no ``transform`` is given; see
+            :mod:`feclip.data.transforms`.
         split_csv: The split file; default ``<root>/split_csv/1cls.csv``.
     """
 
@@ -103,6 +105,7 @@ class VisA(AnomalyDataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         transform: AnomalyTransform | None = None,
+        resize_mode: str | None = None,
         split_csv: str | Path | None = None,
     ) -> None:
         root = check_root_and_split(root, split)
@@ -117,7 +120,7 @@ class VisA(AnomalyDataset):
             rows = [s for s in rows if s.category in wanted]
         if not rows:
             raise FileNotFoundError(f"no {split} images listed in {csv_path}")
-        super().__init__(rows, resolve_transform(transform, image_size, mean, std))
+        super().__init__(rows, resolve_transform(transform, image_size, mean, std, resize_mode))
         self.root = root
         self.split = split
 
