@@ -37,6 +37,7 @@ from feclip.data.synthetic import (
     FAMILIES,
     OBJECT_CATEGORIES,
     TEXTURE_CATEGORIES,
+    SyntheticDataset,
     generate_benchmark,
     generate_synthetic_dataset,
     render_sample,
@@ -49,7 +50,7 @@ __all__ = [
     "OBJECT_CATEGORIES", "TEXTURE_CATEGORIES", "UNKNOWN_LABEL", "VISA_CATEGORIES",
     "AnomalyDataset", "AnomalyItem", "AnomalyTransform", "EmptyMaskWarning", "FolderDataset", "ImageReadError",
     "MVTecAD", "MaskSizeError",
-    "Sample", "VisA", "ZeroShotSplit",
+    "Sample", "SyntheticDataset", "VisA", "ZeroShotSplit",
     "build_dataset", "generate_benchmark", "generate_synthetic_dataset", "load_mask", "load_rgb",
     "render_sample", "to_display", "training_split_for_zero_shot", "transforms_for_clip", "unnormalize",
 ]
@@ -146,7 +147,10 @@ def build_dataset(
         if categories is not None:
             raise ValueError("categories do not apply to folder: datasets")
         return _folder_dataset(path, **transform_kwargs)
-    if kind == "synth" and all((path / family).is_dir() for family in FAMILIES):
+    families_here = [family for family in FAMILIES if (path / family).is_dir()]
+    if kind == "synth" and len(families_here) >= 2:
         raise ValueError(f"{path} is a benchmark root; point at one family: "
-                         + " or ".join(f"synth:{path / family}" for family in FAMILIES))
+                         + " or ".join(f"synth:{path / family}" for family in families_here))
+    if kind == "synth":
+        return SyntheticDataset(path, split=split, categories=categories, **transform_kwargs)
     return MVTecAD(path, split=split, categories=categories, **transform_kwargs)
