@@ -56,7 +56,7 @@ def test_synth_writes_the_benchmark(synth: Path, tmp_path: Path, capsys: pytest.
         for category in categories:
             test = synth / family / category / "test"
             assert len(list((test / "good").glob("*.png"))) == 1
-            assert sorted(p.name for p in test.iterdir()) == sorted(["good", *feclip.data.DEFECT_TYPES])
+            assert sorted(p.name for p in test.iterdir()) == sorted(["good", *feclip.data.synthetic.defect_types_for(category)])
     assert main(["synth", "--out", str(tmp_path), "--family", "objects", "--seed", "3", *SMALL]) == 0
     assert capsys.readouterr().out.strip() == f"objects: synth:{tmp_path / 'objects'}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["objects"]
@@ -73,7 +73,8 @@ def test_train_writes_a_complete_run(run_dir: Path, synth: Path) -> None:
     assert record["model"]["tap_indices"] == [7, 9, 10, 11]  # spread_3 scaled to 12 blocks
     assert record["train_config"]["epochs"] == 1 and record["train_config"]["batch_size"] == 8
     history = json.loads((run_dir / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1] and history[0]["step"] == 3  # 24 images / 8
+    n_objects = sum(1 + len(feclip.data.synthetic.defect_types_for(c)) for c in feclip.data.OBJECT_CATEGORIES)
+    assert [row["epoch"] for row in history] == [1] and history[0]["step"] == -(-n_objects // 8)  # ceil(images / 8)
     assert read_metadata(run_dir / "last.safetensors")["config"] == record["model"]
 
 
@@ -86,7 +87,8 @@ def test_eval_prints_and_writes_the_table(run_dir: Path, synth: Path, tmp_path: 
     assert list(table.index) == [*sorted(feclip.data.TEXTURE_CATEGORIES), "macro", "micro"]
     for name in table.index:
         assert name in out
-    assert table.loc["macro", "n_images"] == 30 and json.loads((tmp_path / "metrics.json").read_text())["micro"]
+    n_textures = sum(1 + len(feclip.data.synthetic.defect_types_for(c)) for c in feclip.data.TEXTURE_CATEGORIES)
+    assert table.loc["macro", "n_images"] == n_textures and json.loads((tmp_path / "metrics.json").read_text())["micro"]
     # The same model on the same data as the validation after the last epoch: the same numbers.
     history = json.loads((run_dir / "history.json").read_text())
     assert table.loc["macro", "image_auroc"] == pytest.approx(history[-1]["val_image_auroc"], abs=1e-12)
