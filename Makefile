@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
 	touch $(STAMP)
 
+# The execution cache keys on notebook source only: book_cache.py empties it (and the smoke
+# data and runs) when the installed feclip or the resolved profile changed since the last build.
 book: $(STAMP)
+	$(BIN)/python tools/book_cache.py --build-dir _build --package feclip --profile $${FECLIP_PROFILE:-auto}
 	FECLIP_PROFILE=$${FECLIP_PROFILE:-auto} $(BIN)/jupyter-book build . -W --keep-going
 
 test: $(STAMP)
