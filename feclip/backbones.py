@@ -10,6 +10,10 @@ things are added on top:
 * A fast, clear failure when pretrained weights are neither cached nor downloadable,
   instead of a long retry loop: the error names the model, the tag and how to point
   at a local checkpoint file.
+* The right activation for the weights (OpenAI's CLIPs were trained with QuickGELU), decided
+  from the tag, from a weights file, or given by the caller (:func:`uses_quick_gelu`).
+* A record of where every backbone came from (:func:`backbone_origin`), which
+  :class:`feclip.model.FEClip` stores in its config and checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -25,11 +31,15 @@ from torch import nn
 
 __all__ = [
     "TINY_MODEL",
+    "BackboneOrigin",
     "PretrainedWeightsUnavailable",
+    "backbone_origin",
     "create_clip",
     "create_tiny_clip",
     "resolve_pretrained",
     "pretrained_available",
+    "has_quick_gelu",
+    "is_torchscript_archive",
     "uses_quick_gelu",
 ]
 
@@ -43,6 +53,40 @@ _HUB_HOST = ("huggingface.co", 443)
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """Pretrained weights are neither cached locally nor reachable over the network."""
+
+
+@dataclass(frozen=True)
+class BackboneOrigin:
+    """How :func:`create_clip` made a backbone: enough to make it again.
+
+    Attributes:
+        name: open_clip model name.
+        pretrained: Tag or weights file as the caller gave it (``None``: random weights).
+        seed: Seed of the random initialisation (meaningful when ``pretrained`` is ``None``).
+    """
+
+    name: str
+    pretrained: str | None
+    seed: int
+
+
+_ORIGIN_ATTRIBUTE = "feclip_origin"
+
+
+def backbone_origin(clip: nn.Module) -> BackboneOrigin | None:
+    """Where :func:`create_clip` made ``clip`` from, or ``None`` for a backbone made some other way.
+
+    open_clip (3.x) keeps neither the model name nor the weights' tag on the model it builds, so
+    :func:`create_clip` attaches this record; copies and device moves keep it.
+    """
+    return getattr(clip, _ORIGIN_ATTRIBUTE, None)
+
+
+def has_quick_gelu(clip: nn.Module) -> bool:
+    """Whether the image tower of an open_clip model uses QuickGELU (``x * sigmoid(1.702 x)``)."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(module, QuickGELU) for module in clip.visual.modules())
 
 
 def _offline() -> bool:
@@ -127,28 +171,65 @@ def pretrained_available(name: str, pretrained: str | None) -> bool:
     return True
 
 
-def uses_quick_gelu(name: str, pretrained: str | None) -> bool:
+def is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive, the format OpenAI released its CLIP weights in.
+
+    A TorchScript zip holds compiled ``code/`` and ``constants.pkl`` next to the tensors; a
+    ``torch.save`` zip holds only ``data.pkl`` and the tensors. open_clip's own loaders
+    (``load_openai_model``, ``load_state_dict``) take a TorchScript file to be OpenAI's.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(entry.endswith("/constants.pkl") or "/code/" in entry for entry in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def uses_quick_gelu(name: str, pretrained: str | None, quick_gelu: bool | None = None) -> bool:
     """Whether these weights were trained with QuickGELU (OpenAI's CLIPs were).
 
     open_clip only warns when a plain config meets the ``openai`` tag, and cannot know the tag
-    at all once it is handed a cached file, so the activation is decided here: from the tag's
-    pretrained config, or, for a checkpoint path, when every known tag of the model uses QuickGELU
-    (``ViT-L-14-336`` has only ``openai``). Model names ending in ``-quickgelu`` already set it.
+    at all once it is handed a file, so the activation is decided here, in this order:
+
+    1. ``quick_gelu`` when the caller gives it;
+    2. a tag: its pretrained config says (``openai`` tags say QuickGELU);
+    3. a weights file in OpenAI's release format (a TorchScript archive, :func:`is_torchscript_archive`): QuickGELU;
+    4. any other weights file: what every known tag of the model agrees on (``ViT-L-14-336`` has only
+       ``openai``, so QuickGELU); when the tags disagree (``ViT-B-16``, ``ViT-L-14``: OpenAI's and
+       LAION's weights share a layout) the file cannot tell, and the caller must say.
+
+    Model names ending in ``-quickgelu`` set it in their config anyway.
 
     Args:
         name: open_clip model name.
-        pretrained: Tag, checkpoint path or ``None``.
+        pretrained: Tag, weights file or ``None`` (random weights: GELU unless ``quick_gelu``).
+        quick_gelu: The caller's answer, which wins.
 
     Returns:
         Whether to build the model with QuickGELU.
+
+    Raises:
+        ValueError: A weights file whose activation cannot be told, and no ``quick_gelu``.
     """
+    if quick_gelu is not None:
+        return bool(quick_gelu)
     if not pretrained:
         return False
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         return bool(tag_cfg.get("quick_gelu", False))
+    if is_torchscript_archive(pretrained):
+        return True
     tags = open_clip.list_pretrained_tags_by_model(name)
-    return bool(tags) and all(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False) for tag in tags)
+    votes = {bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False)) for tag in tags}
+    if len(votes) == 1:
+        return votes.pop()
+    if not votes:
+        return False  # a model no release is tagged for: open_clip's plain config (GELU)
+    raise ValueError(
+        f"cannot tell from the weights file {pretrained} whether it holds OpenAI's {name} (trained with QuickGELU) "
+        f"or another release (GELU): pass quick_gelu=True or False (--quick-gelu / --no-quick-gelu on the command line)"
+    )
 
 
 def create_clip(
@@ -158,8 +239,9 @@ def create_clip(
     device: torch.device | str = "cpu",
     cache_dir: str | None = None,
     seed: int = 0,
+    quick_gelu: bool | None = None,
 ) -> tuple[nn.Module, open_clip.tokenizer.SimpleTokenizer]:
-    """Create an open_clip model and its tokenizer, in eval mode.
+    """Create an open_clip model and its tokenizer, in eval mode, with its :class:`BackboneOrigin` attached.
 
     Args:
         name: open_clip model name (``open_clip.list_models()``), or ``"feclip-tiny"``.
@@ -168,6 +250,7 @@ def create_clip(
         cache_dir: Optional weights cache directory.
         seed: Seed of the random initialisation when ``pretrained`` is ``None`` (the global
             RNG is left untouched), so a random backbone can be rebuilt exactly.
+        quick_gelu: Activation for a weights file that cannot tell (see :func:`uses_quick_gelu`).
 
     Returns:
         ``(model, tokenizer)``.
@@ -175,6 +258,7 @@ def create_clip(
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     weights = resolve_pretrained(name, pretrained, cache_dir)
+    force_quick_gelu = uses_quick_gelu(name, pretrained, quick_gelu)
     root_logger = logging.getLogger()
     level = root_logger.level
     if weights is None:
@@ -187,10 +271,11 @@ def create_clip(
                 pretrained=weights,
                 device=device,
                 cache_dir=cache_dir,
-                force_quick_gelu=uses_quick_gelu(name, pretrained),
+                force_quick_gelu=force_quick_gelu,
             )
     finally:
         root_logger.setLevel(level)
+    setattr(model, _ORIGIN_ATTRIBUTE, BackboneOrigin(name, pretrained or None, seed))
     return model.eval(), open_clip.get_tokenizer(name)
 
 

@@ -12,6 +12,11 @@ model. What a checkpoint holds:
   (the trainer stores the epoch and its :class:`~feclip.train.TrainConfig`);
 * ``<name>.json``: the same document, for people and ``jq``.
 
+Format 2 added ``fc_patch_init``, ``map_score``, ``resize_mode`` and ``quick_gelu`` to the config.
+A format-1 checkpoint still loads, read as what it was trained with: ``fc_patch`` started at
+CLIP's projection (``fc_patch_init="clip"``), probability maps, squashed images, and the
+activation the weights' tag implies.
+
 Every file is written atomically (:func:`atomic_write`): to a temporary file in the same
 folder, flushed to disk with ``fsync``, then renamed over the target with ``os.replace``.
 A crash or a Colab disconnect in the middle of a save leaves the previous checkpoint intact.
@@ -54,7 +59,9 @@ __all__ = [
     "trained_state_dict",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+# What a format-1 config (written before these fields existed) meant, where today's default differs.
+_FORMAT_1_MEANING = {"fc_patch_init": "clip"}
 TRAINED_PREFIXES = ("adapters.", "fc_patch.")
 # Fields that change what the saved tensors mean; a model must agree on all of them to load them.
 _STRUCTURAL_FIELDS = (
@@ -67,7 +74,10 @@ _STRUCTURAL_FIELDS = (
     "basis",
     "use_ffe",
     "use_lfs",
+    "quick_gelu",
 )
+# Structural fields an old checkpoint may not know (None): then they are not compared.
+_MAYBE_UNKNOWN = ("quick_gelu",)
 
 
 class CheckpointMismatch(ValueError):
@@ -144,28 +154,24 @@ def build_backbone(
     seed: int = 0,
     device: torch.device | str = "cpu",
     cache_dir: str | None = None,
+    quick_gelu: bool | None = None,
 ) -> tuple[nn.Module, Any]:
     """Create the backbone a checkpoint names; random weights (``pretrained=None``) come from ``seed``.
 
     Args:
         name: open_clip model name.
         pretrained: Tag, checkpoint path, or ``None`` for a seeded random initialisation.
-        seed: Seed of the random initialisation (``feclip-tiny`` uses :func:`~feclip.backbones.create_tiny_clip`).
+        seed: Seed of the random initialisation (any model, ``feclip-tiny`` or not).
         device: Device of the model.
         cache_dir: Optional weights cache directory.
+        quick_gelu: The activation the checkpoint recorded (``None``: decided from ``pretrained``).
 
     Returns:
         ``(clip, tokenizer)`` in eval mode.
     """
-    from feclip.backbones import TINY_MODEL, create_clip, create_tiny_clip
+    from feclip.backbones import create_clip
 
-    if pretrained is None and name == TINY_MODEL:
-        return create_tiny_clip(seed, device=device)
-    if pretrained is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return create_clip(name, None, device=device, cache_dir=cache_dir)
-    return create_clip(name, pretrained, device=device, cache_dir=cache_dir)
+    return create_clip(name, pretrained, device=device, cache_dir=cache_dir, seed=seed, quick_gelu=quick_gelu)
 
 
 @functools.lru_cache(maxsize=8)
@@ -228,12 +234,21 @@ def save_checkpoint(
 
     Returns:
         The path of the ``.safetensors`` file.
+
+    Raises:
+        ValueError: The model does not know its backbone (``config.backbone`` is ``None``).
     """
     from feclip import __version__
 
     weights_path, sidecar_path = checkpoint_paths(path)
     model = getattr(model, "module", model)  # a DistributedDataParallel wrapper saves what it wraps
     config = model.config
+    if config.backbone is None:
+        raise ValueError(
+            f"cannot save {weights_path}: this FE-CLIP does not know which backbone it wraps (it was not made by "
+            "feclip.backbones.create_clip); name it: FEClip(clip, tokenizer, backbone=<open_clip name>, "
+            "pretrained=<tag, weights file or None>, backbone_seed=<seed of random weights>)"
+        )
     seed = int(backbone_seed if backbone_seed is not None else config.backbone_seed)
     fingerprint = backbone_fingerprint(model.clip)
     if config.pretrained is None and fingerprint != _random_backbone_fingerprint(config.backbone, seed):
@@ -286,6 +301,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{weights_path} has checkpoint format {metadata['format']} from feclip {metadata.get('feclip_version')}; "
             f"this feclip reads format {CHECKPOINT_FORMAT} or older: upgrade feclip"
         )
+    if metadata.get("format", 0) < 2 and "config" in metadata:
+        metadata["config"] = {**_FORMAT_1_MEANING, **metadata["config"]}
     return metadata
 
 
@@ -301,6 +318,7 @@ def config_differences(saved: dict[str, Any], current: FEClipConfig) -> list[str
         f"{name} {saved.get(name)!r} (checkpoint) vs {current_values[name]!r} (model)"
         for name in _STRUCTURAL_FIELDS
         if saved.get(name) != current_values[name]
+        and not (name in _MAYBE_UNKNOWN and None in (saved.get(name), current_values[name]))
     ]
 
 
@@ -387,11 +405,11 @@ def load_feclip(
             seed=metadata.get("backbone_seed") or 0,
             device=device,
             cache_dir=cache_dir,
+            quick_gelu=config.quick_gelu,
         )
     elif tokenizer is None:
         tokenizer = open_clip.get_tokenizer(config.backbone)
-    model = FEClip(clip, tokenizer, config)
-    if metadata.get("backbone_seed") is not None:
-        model.backbone_seed = metadata["backbone_seed"]
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the caller's RNG alone
+        model = FEClip(clip, tokenizer, config)
     load_into(model, path)
     return model.to(device).eval()

@@ -8,7 +8,9 @@ feed the next block. At every tap:
 * the fused patch tokens -> ``ln_post`` -> the learnable ``fc_patch`` give patch embeddings,
 
 and both are scored against the normal/anomalous text embeddings
-(:func:`feclip.scoring.anomaly_probability`). Scores and maps are averaged over taps.
+(:func:`feclip.scoring.anomaly_probability`). Scores and maps are averaged over taps. The
+reported map is that probability, or with ``map_score="logit_margin"`` the tap average of the
+logit margins (:func:`feclip.scoring.anomaly_logit_margin`); training always uses the probabilities.
 """
 
 from __future__ import annotations
@@ -16,21 +18,29 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from feclip.adapters import LFS_STATISTICS, FrequencyAdapter, LfsStatistic
-from feclip.predictor import AnomalyPrediction
+from feclip.backbones import backbone_origin, has_quick_gelu
 from feclip.frozen import FrozenClipDetector
+from feclip.predictor import AnomalyPrediction
 from feclip.prompts import PAPER_PROMPTS
-from feclip.scoring import anomaly_probability
+from feclip.scoring import anomaly_logit_margin, anomaly_probability, logit_margin_bound
 from feclip.taps import default_tap_indices
 from feclip.vit import check_vit, embed_images, project_tokens
 
-__all__ = ["FEClipConfig", "FEClipOutput", "TapFeatures", "FEClip"]
+__all__ = ["FC_PATCH_INITS", "MAP_SCORES", "RESIZE_MODES", "FEClipConfig", "FEClipOutput", "TapFeatures", "FEClip"]
+
+FcPatchInit = Literal["random", "clip"]
+MapScore = Literal["probability", "logit_margin"]
+ResizeMode = Literal["squash", "crop"]
+FC_PATCH_INITS: tuple[str, ...] = ("random", "clip")
+MAP_SCORES: tuple[str, ...] = ("probability", "logit_margin")
+RESIZE_MODES: tuple[str, ...] = ("squash", "crop")
 
 
 @dataclass
@@ -38,9 +48,13 @@ class FEClipConfig:
     """Everything that defines an FE-CLIP model besides the backbone's weights.
 
     Attributes:
-        backbone: open_clip model name the adapters were built for.
+        backbone: open_clip model name the adapters were built for (``None``: unknown, and the model
+            cannot be saved). :class:`FEClip` records the injected backbone's own name when it was made
+            by :func:`feclip.backbones.create_clip` and the caller does not name it.
         pretrained: Pretrained tag or path of the backbone (``None``: random weights).
         backbone_seed: Seed of a random backbone (``pretrained=None``), so a checkpoint can rebuild it.
+        quick_gelu: Whether the backbone uses QuickGELU (OpenAI's CLIPs do); :class:`FEClip` reads it
+            from the backbone's modules. ``None`` only in checkpoints written before it was recorded.
         tap_indices: Tapped blocks (0-based); ``None`` picks :func:`feclip.taps.default_tap_indices`.
         ffe_window: FFE window side ``P``.
         lfs_window: LFS window side ``Q``.
@@ -53,11 +67,18 @@ class FEClipConfig:
         use_clip_logit_scale: Use CLIP's own learned temperature instead of ``temperature``.
         normal_prompts: Prompt ensemble of the normal state.
         anomalous_prompts: Prompt ensemble of the anomalous state.
+        fc_patch_init: ``"random"`` (PyTorch's default ``nn.Linear`` initialisation, drawn from the global
+            RNG; the reference implementation's default) or ``"clip"`` (CLIP's own projection ``visual.proj``).
+        map_score: Reported anomaly map: ``"probability"`` (the tap mean of the softmax probabilities, in
+            ``[0, 1]``) or ``"logit_margin"`` (the tap mean of ``(cos_anomalous - cos_normal) / tau``).
+        resize_mode: How images were resized to the backbone's input for this model: ``"squash"`` (both
+            sides to the input size) or ``"crop"`` (shorter side, then a centre crop).
     """
 
-    backbone: str = "ViT-L-14-336"
+    backbone: str | None = "ViT-L-14-336"
     pretrained: str | None = "openai"
     backbone_seed: int = 0
+    quick_gelu: bool | None = None
     tap_indices: list[int] | None = None
     ffe_window: int = 3
     lfs_window: int = 3
@@ -70,6 +91,9 @@ class FEClipConfig:
     use_clip_logit_scale: bool = False
     normal_prompts: list[str] = field(default_factory=lambda: [PAPER_PROMPTS[0]])
     anomalous_prompts: list[str] = field(default_factory=lambda: [PAPER_PROMPTS[1]])
+    fc_patch_init: FcPatchInit = "random"
+    map_score: MapScore = "probability"
+    resize_mode: ResizeMode = "squash"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -91,9 +115,12 @@ class FEClipOutput(AnomalyPrediction):
 
     Attributes:
         pred_score: Image anomaly probability, mean over taps, shape ``(B,)``.
-        anomaly_map: Pixel anomaly probability at the input resolution, shape ``(B, H, W)``.
+        anomaly_map: Pixel anomaly map at the input resolution, shape ``(B, H, W)``: the tap mean of the
+            probabilities, or of the logit margins with ``map_score="logit_margin"``
+            (see :attr:`FEClip.anomaly_map_range`).
         tap_scores: Image probability per tap, shape ``(T, B)``.
-        tap_maps: Patch probability per tap on the token grid, shape ``(T, B, h, w)``.
+        tap_maps: Patch probability per tap on the token grid, shape ``(T, B, h, w)`` (what the losses use,
+            whatever ``map_score``).
     """
 
     tap_scores: Tensor = None  # type: ignore[assignment]
@@ -120,16 +147,25 @@ class TapFeatures:
 class FEClip(FrozenClipDetector):
     """FE-CLIP on top of an injected open_clip CLIP model.
 
+    The trained parts are initialised from torch's global RNG, so the same global seed gives the
+    same model (:meth:`from_open_clip` seeds it for you).
+
     Args:
         clip: An open_clip ``CLIP`` model with a ViT image tower. It is frozen here.
         tokenizer: Its tokenizer, used to embed the prompts (not needed when ``text_features`` is given).
-        config: Hyper-parameters; keyword arguments override single fields.
+        config: Hyper-parameters; keyword arguments override single fields. A given config is taken as is,
+            ``backbone`` and ``pretrained`` included.
         text_features: Precomputed ``(2, E)`` normal/anomalous text embeddings.
-        **overrides: Fields of :class:`FEClipConfig`.
+        **overrides: Fields of :class:`FEClipConfig`. Without a config, ``backbone``, ``pretrained`` and
+            ``backbone_seed`` left out are read from a backbone made by :func:`feclip.backbones.create_clip`;
+            for a backbone made otherwise they must be given, or :meth:`save` refuses.
+
+    Raises:
+        ValueError: An unknown option value, bad taps, or a ``quick_gelu`` the backbone does not have.
 
     Example:
         >>> clip, tokenizer = feclip.backbones.create_tiny_clip()
-        >>> model = FEClip(clip, tokenizer, backbone="feclip-tiny", pretrained=None)
+        >>> model = FEClip(clip, tokenizer)  # config.backbone == "feclip-tiny", config.pretrained is None
         >>> out = model(images)  # images (B, 3, 96, 96)
         >>> out.pred_score.shape, out.anomaly_map.shape
         (torch.Size([B]), torch.Size([B, 96, 96]))
@@ -145,15 +181,25 @@ class FEClip(FrozenClipDetector):
         **overrides: Any,
     ) -> None:
         visual = check_vit(clip)
-        config = dataclasses.replace(config or FEClipConfig(), **overrides)
-        if config.lfs_statistic not in LFS_STATISTICS:
-            raise ValueError(f"unknown lfs_statistic {config.lfs_statistic!r}; choose one of {LFS_STATISTICS}")
+        config = dataclasses.replace(config or _config_of_injected(clip, overrides), **overrides)
+        for name, value, choices in (
+            ("lfs_statistic", config.lfs_statistic, LFS_STATISTICS),
+            ("fc_patch_init", config.fc_patch_init, FC_PATCH_INITS),
+            ("map_score", config.map_score, MAP_SCORES),
+            ("resize_mode", config.resize_mode, RESIZE_MODES),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {choices}")
+        quick_gelu = has_quick_gelu(clip)
+        if config.quick_gelu is not None and config.quick_gelu != quick_gelu:
+            raise ValueError(f"the config says quick_gelu={config.quick_gelu}, but the backbone uses "
+                             f"{'QuickGELU' if quick_gelu else 'GELU'}")
         depth = len(visual.transformer.resblocks)
         taps = sorted(config.tap_indices) if config.tap_indices is not None else default_tap_indices(depth)
         if not taps or len(set(taps)) != len(taps) or taps[0] < 0 or taps[-1] >= depth:
             raise ValueError(f"tap_indices must be distinct blocks in [0, {depth - 1}], got {config.tap_indices}")
         super().__init__(clip, tokenizer, text_features, config.normal_prompts, config.anomalous_prompts)
-        self.config = dataclasses.replace(config, tap_indices=taps)
+        self.config = dataclasses.replace(config, tap_indices=taps, quick_gelu=quick_gelu)
         width = visual.conv1.out_channels
         self.grid_size: tuple[int, int] = tuple(visual.grid_size)
         self.adapters = nn.ModuleList(
@@ -169,12 +215,15 @@ class FEClip(FrozenClipDetector):
             )
             for _ in taps
         )
-        # Start fc_patch at CLIP's own projection: at step 0 the map is CLIP's naive patch map,
-        # and the small learning rate the seed implementation found best only has to refine it.
+        # "random" is the reference implementation's default: its note says that starting at visual.proj
+        # "hurts zero-shot pixel performance significantly (0.74 -> 0.18)", CLIP's projected patch tokens
+        # being poorly aligned with the text. The random draw happens for "clip" too, so that the choice
+        # never shifts the global RNG for what is built after.
         self.fc_patch = nn.Linear(width, visual.proj.shape[1])
-        with torch.no_grad():
-            self.fc_patch.weight.copy_(visual.proj.T)
-            self.fc_patch.bias.zero_()
+        if config.fc_patch_init == "clip":
+            with torch.no_grad():
+                self.fc_patch.weight.copy_(visual.proj.T)
+                self.fc_patch.bias.zero_()
 
     @classmethod
     def from_open_clip(
@@ -185,6 +234,7 @@ class FEClip(FrozenClipDetector):
         device: torch.device | str = "cpu",
         cache_dir: str | None = None,
         seed: int = 0,
+        quick_gelu: bool | None = None,
         **overrides: Any,
     ) -> FEClip:
         """Create the backbone with open_clip and wrap it.
@@ -194,8 +244,11 @@ class FEClip(FrozenClipDetector):
             pretrained: Pretrained tag (``"openai"``), a checkpoint path, or ``None`` for random weights.
             device: Device of the model.
             cache_dir: Optional weights cache directory.
-            seed: Seed of the adapters' initialisation and of a random backbone (``pretrained=None``);
-                the global RNG is left untouched, so the same call always builds the same model.
+            seed: Seed of the adapters' and ``fc_patch``'s initialisation and of a random backbone
+                (``pretrained=None``); the global RNG is left untouched, so the same call always builds
+                the same model.
+            quick_gelu: Activation of a backbone loaded from a weights file (see
+                :func:`feclip.backbones.uses_quick_gelu`); ``None`` decides it from the tag or the file.
             **overrides: Fields of :class:`FEClipConfig`.
 
         Returns:
@@ -203,7 +256,7 @@ class FEClip(FrozenClipDetector):
         """
         from feclip.backbones import create_clip
 
-        clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir, seed=seed)
+        clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir, seed=seed, quick_gelu=quick_gelu)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls(clip, tokenizer, backbone=name, pretrained=pretrained, backbone_seed=seed, **overrides)
@@ -245,6 +298,16 @@ class FEClip(FrozenClipDetector):
         if self.config.use_clip_logit_scale:
             return float(1.0 / self.clip.logit_scale.exp())
         return self.config.temperature
+
+    @property
+    def anomaly_map_range(self) -> tuple[float, float]:
+        """The interval every value of ``anomaly_map`` lies in: ``(0, 1)`` for probabilities, and for logit
+        margins ``+-||t_anomalous - t_normal|| / tau`` (:func:`feclip.scoring.logit_margin_bound`), which
+        changes with the prompts and the temperature."""
+        if self.config.map_score == "probability":
+            return (0.0, 1.0)
+        bound = logit_margin_bound(self.text_features, self.temperature)
+        return (-bound, bound)
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Parameters the optimiser should see, in the groups the trainer gives their own learning rates."""
@@ -306,7 +369,12 @@ class FEClip(FrozenClipDetector):
         temperature = self.temperature
         tap_scores = torch.stack([anomaly_probability(t.image_embedding, self.text_features, temperature) for t in taps])
         tap_maps = torch.stack([anomaly_probability(t.patch_embedding, self.text_features, temperature) for t in taps])
-        anomaly_map = F.interpolate(tap_maps.mean(dim=0)[:, None], size=image_size, mode="bilinear", align_corners=False)
+        if self.config.map_score == "logit_margin":
+            grid_map = torch.stack([anomaly_logit_margin(t.patch_embedding, self.text_features, temperature)
+                                    for t in taps]).mean(dim=0)  # (B, h, w)
+        else:
+            grid_map = tap_maps.mean(dim=0)
+        anomaly_map = F.interpolate(grid_map[:, None], size=image_size, mode="bilinear", align_corners=False)
         return FEClipOutput(
             pred_score=tap_scores.mean(dim=0),
             anomaly_map=anomaly_map[:, 0],
@@ -330,5 +398,18 @@ class FEClip(FrozenClipDetector):
         c = self.config
         return (
             f"backbone={c.backbone!r}, taps={c.tap_indices}, P={c.ffe_window}, Q={c.lfs_window}, "
-            f"lfs_statistic={c.lfs_statistic!r}, lambda_fuse={c.lambda_fuse}, tau={self.temperature:.4g}"
+            f"lfs_statistic={c.lfs_statistic!r}, lambda_fuse={c.lambda_fuse}, tau={self.temperature:.4g}, "
+            f"fc_patch_init={c.fc_patch_init!r}, map_score={c.map_score!r}"
         )
+
+
+def _config_of_injected(clip: nn.Module, overrides: dict[str, Any]) -> FEClipConfig:
+    """A default config whose origin fields the caller left out describe ``clip`` itself.
+
+    A backbone made by :func:`feclip.backbones.create_clip` knows its name, weights and seed; any
+    other backbone is of unknown origin (``backbone=None``) unless the caller names it.
+    """
+    origin = backbone_origin(clip)
+    known = {"backbone": None, "pretrained": None} if origin is None else {
+        "backbone": origin.name, "pretrained": origin.pretrained, "backbone_seed": origin.seed}
+    return FEClipConfig(**{name: value for name, value in known.items() if name not in overrides})

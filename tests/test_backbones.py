@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+import warnings
 
 import open_clip
 import pytest
@@ -11,11 +12,16 @@ import torch
 
 from feclip.backbones import (
     TINY_MODEL,
+    BackboneOrigin,
     PretrainedWeightsUnavailable,
+    backbone_origin,
     create_clip,
     create_tiny_clip,
+    has_quick_gelu,
+    is_torchscript_archive,
     pretrained_available,
     resolve_pretrained,
+    uses_quick_gelu,
 )
 
 
@@ -137,3 +143,68 @@ def test_openai_weights_are_built_with_quick_gelu(monkeypatch: pytest.MonkeyPatc
     (name, pretrained, kwargs), = calls
     assert pretrained == resolved
     assert kwargs.get("force_quick_gelu") or name.endswith("-quickgelu"), (name, kwargs)
+
+
+# --- the activation of a weights file ---------------------------------------------------------------
+
+
+def _state_dict_file(path) -> str:
+    torch.save({"visual.proj": torch.zeros(2, 2)}, path)  # a plain torch.save file: what the file is, not its weights
+    return str(path)
+
+
+def _torchscript_file(path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 deprecates TorchScript; OpenAI's files are it
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    return str(path)
+
+
+@pytest.mark.usefixtures("no_network")
+def test_quick_gelu_for_a_weights_file(tmp_path) -> None:
+    state_dict, torchscript = _state_dict_file(tmp_path / "weights.bin"), _torchscript_file(tmp_path / "ViT-B-16.pt")
+    # Every released ViT-L-14-336 is OpenAI's: any file of it was trained with QuickGELU.
+    assert uses_quick_gelu("ViT-L-14-336", state_dict) is True
+    # ViT-B-16 has OpenAI (QuickGELU) and LAION / DataComp (GELU) releases: a TorchScript archive is OpenAI's...
+    assert uses_quick_gelu("ViT-B-16", torchscript) is True
+    # ... a plain state dict cannot tell, so the caller must say.
+    with pytest.raises(ValueError, match=r"cannot tell .*weights\.bin.*pass quick_gelu=True or False"):
+        uses_quick_gelu("ViT-B-16", state_dict)
+    assert uses_quick_gelu("ViT-B-16", state_dict, quick_gelu=True) is True
+    assert uses_quick_gelu("ViT-B-16", state_dict, quick_gelu=False) is False
+    # Tags and random weights, as before; the caller's answer wins over the tag.
+    assert uses_quick_gelu("ViT-B-16", "openai") is True and uses_quick_gelu("ViT-B-16", "laion2b_s34b_b88k") is False
+    assert uses_quick_gelu("ViT-B-16", None) is False and uses_quick_gelu("ViT-B-16", "openai", quick_gelu=False) is False
+
+
+def test_torchscript_archives_are_told_from_state_dicts(tmp_path) -> None:
+    assert is_torchscript_archive(_torchscript_file(tmp_path / "a.pt"))
+    assert not is_torchscript_archive(_state_dict_file(tmp_path / "b.pt"))
+    (tmp_path / "c.pt").write_bytes(b"not a zip")
+    assert not is_torchscript_archive(tmp_path / "c.pt") and not is_torchscript_archive(tmp_path / "missing.pt")
+
+
+@pytest.mark.usefixtures("no_network")
+def test_create_clip_builds_a_weights_file_with_its_activation(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import feclip.backbones as backbones
+
+    calls = []
+    monkeypatch.setattr(open_clip, "create_model", lambda name, pretrained=None, **kwargs: calls.append(kwargs) or torch.nn.Identity())
+    create_clip("ViT-L-14-336", _state_dict_file(tmp_path / "vit-l.bin"))
+    create_clip("ViT-B-16", _torchscript_file(tmp_path / "ViT-B-16.pt"))
+    create_clip("ViT-B-16", str(tmp_path / "vit-l.bin"), quick_gelu=False)
+    assert [call["force_quick_gelu"] for call in calls] == [True, True, False]
+    with pytest.raises(ValueError, match="pass quick_gelu"):
+        create_clip("ViT-B-16", str(tmp_path / "vit-l.bin"))
+    assert backbones.backbone_origin(torch.nn.Identity()) is None
+
+
+def test_create_clip_records_where_the_backbone_came_from(tiny_clip) -> None:
+    clip, _ = create_tiny_clip(seed=4)
+    assert backbone_origin(clip) == BackboneOrigin(TINY_MODEL, None, 4)
+    assert backbone_origin(tiny_clip[0]) == BackboneOrigin(TINY_MODEL, None, 0)
+    assert not has_quick_gelu(clip)
+    quick, _ = create_clip(TINY_MODEL, None, quick_gelu=True)
+    assert has_quick_gelu(quick)
+    with torch.no_grad():  # same weights (same seed), another activation: other outputs
+        assert not torch.allclose(quick.encode_image(torch.ones(1, 3, 96, 96)), tiny_clip[0].encode_image(torch.ones(1, 3, 96, 96)))

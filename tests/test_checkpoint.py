@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,89 @@ def test_checkpoint_paths(tmp_path: Path) -> None:
     assert checkpoint_paths(tmp_path) == (tmp_path / "last.safetensors", tmp_path / "last.json")
     assert checkpoint_paths(tmp_path / "best") == (tmp_path / "best.safetensors", tmp_path / "best.json")
     assert checkpoint_paths(tmp_path / "x.safetensors") == (tmp_path / "x.safetensors", tmp_path / "x.json")
+
+
+# --- what issue 9 added to a checkpoint ---------------------------------------------------------------
+
+
+def test_fc_patch_init_and_map_settings_survive_a_save(tiny_clip, tmp_path: Path, tiny_images: torch.Tensor) -> None:
+    torch.manual_seed(11)
+    model = FEClip(copy.deepcopy(tiny_clip[0]), tiny_clip[1], map_score="logit_margin", resize_mode="crop").eval()
+    assert model.config.fc_patch_init == "random"
+    save_checkpoint(model, tmp_path / "a")
+    torch.manual_seed(12)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(12)  # another global seed: the random start must come from the file, not be redrawn
+    loaded = load_feclip(tmp_path / "a")
+    assert torch.equal(torch.rand(3), expected_draw)  # and loading leaves the caller's RNG alone
+    assert (loaded.config.fc_patch_init, loaded.config.map_score, loaded.config.resize_mode) == ("random", "logit_margin", "crop")
+    assert loaded.config.quick_gelu is False and loaded.config == model.config
+    assert torch.equal(loaded.fc_patch.weight, model.fc_patch.weight)
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_images).anomaly_map, model(tiny_images).anomaly_map)
+
+
+def test_a_format_1_checkpoint_reads_as_trained_from_clips_projection(tiny_clip, tmp_path: Path) -> None:
+    model = _model(tiny_clip, fc_patch_init="clip")
+    path = save_checkpoint(model, tmp_path / "old")
+    metadata = read_metadata(path)
+    # Rewrite it as feclip 0.1.0 wrote it: format 1, a config without the fields issue 9 added.
+    metadata["format"] = 1
+    for key in ("fc_patch_init", "map_score", "resize_mode", "quick_gelu"):
+        del metadata["config"][key]
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(path), metadata={"feclip": json.dumps(metadata)})
+    assert read_metadata(path)["config"]["fc_patch_init"] == "clip"
+    loaded = load_feclip(path)
+    assert (loaded.config.fc_patch_init, loaded.config.map_score, loaded.config.resize_mode) == ("clip", "probability", "squash")
+    assert loaded.config.quick_gelu is False  # read from the rebuilt backbone
+    assert torch.equal(loaded.fc_patch.weight, model.fc_patch.weight)
+
+
+def test_a_random_backbone_other_than_tiny_reloads_with_its_seed(tmp_path: Path, tiny_images: torch.Tensor) -> None:
+    """build_backbone used to rebuild every random non-tiny backbone with seed 0."""
+    import open_clip
+
+    from feclip.backbones import TINY_MODEL
+
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    tiny_config = json.loads((Path(checkpoint.__file__).parent / "model_configs" / f"{TINY_MODEL}.json").read_text())
+    (config_dir / "feclip-test-other.json").write_text(json.dumps(tiny_config))  # same size, another name
+    open_clip.add_model_config(config_dir)
+    model = FEClip.from_open_clip("feclip-test-other", None, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the save must not doubt that seed 1 rebuilds this backbone
+        save_checkpoint(model, tmp_path / "other")
+    loaded = load_feclip(tmp_path / "other")
+    assert backbone_fingerprint(loaded.clip) == backbone_fingerprint(model.clip)
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_images).anomaly_map, model(tiny_images).anomaly_map)
+
+
+def test_a_backbone_of_unknown_origin_cannot_be_saved(tiny_clip, tmp_path: Path) -> None:
+    import open_clip
+
+    foreign = open_clip.create_model("feclip-tiny", pretrained=None)  # not made by feclip: nothing records its origin
+    model = FEClip(foreign, tiny_clip[1])
+    with pytest.raises(ValueError, match=r"does not know which backbone it wraps.*backbone=<open_clip name>"):
+        save_checkpoint(model, tmp_path / "a")
+    assert not list(tmp_path.iterdir())
+    named = FEClip(foreign, tiny_clip[1], backbone="feclip-tiny", pretrained=None)
+    assert (named.config.backbone, named.config.pretrained) == ("feclip-tiny", None)
+    # A backbone made by feclip needs no naming, and a tiny one is never recorded as the paper's ViT-L.
+    made_by_feclip = FEClip(tiny_clip[0], tiny_clip[1])
+    save_checkpoint(made_by_feclip, tmp_path / "c")
+    assert (read_metadata(tmp_path / "c")["config"]["backbone"], read_metadata(tmp_path / "c")["config"]["pretrained"]) == ("feclip-tiny", None)
+
+
+def test_a_backbone_with_another_activation_is_refused(tiny_clip, tmp_path: Path) -> None:
+    from feclip.backbones import create_clip
+
+    save_checkpoint(_model(tiny_clip), tmp_path / "a")
+    quick, tokenizer = create_clip("feclip-tiny", None, quick_gelu=True)  # same weights, QuickGELU
+    with pytest.raises(ValueError, match=r"the config says quick_gelu=False, but the backbone uses QuickGELU"):
+        load_feclip(tmp_path / "a", clip=quick, tokenizer=tokenizer)
+    with pytest.raises(CheckpointMismatch, match=r"quick_gelu False \(checkpoint\) vs True \(model\)"):
+        load_into(FEClip(quick, tokenizer), tmp_path / "a")

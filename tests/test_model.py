@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from feclip.dct import dct2, idct2
 from feclip.model import FEClip, FEClipConfig, FEClipOutput
 from feclip.predictor import AnomalyPrediction
 from feclip.prompts import encode_prompt_pair
@@ -57,7 +58,8 @@ def test_zero_lambda_cls_embedding_at_the_last_block_is_clip_encode_image(tiny_c
 
 
 def test_zero_lambda_tap_maps_are_clips_naive_patch_maps(tiny_clip, tiny_images) -> None:
-    model = _model(tiny_clip, lambda_fuse=0.0, tap_indices=[2, 5, 11])
+    # fc_patch_init="clip" (not the default since issue 9): at lambda = 0 the maps are CLIP's naive patch maps.
+    model = _model(tiny_clip, lambda_fuse=0.0, tap_indices=[2, 5, 11], fc_patch_init="clip")
     visual = tiny_clip[0].visual
     blocks = _block_outputs(tiny_clip[0], tiny_images)
     with torch.no_grad():
@@ -72,6 +74,80 @@ def test_zero_lambda_tap_maps_are_clips_naive_patch_maps(tiny_clip, tiny_images)
         torch.testing.assert_close(tap.image_embedding, visual.ln_post(tokens[:, 0]) @ visual.proj, atol=1e-5, rtol=0)
         expected_map = anomaly_probability(naive, model.text_features, 0.07)
         torch.testing.assert_close(out.tap_maps[position], expected_map, atol=1e-5, rtol=0)
+
+
+def test_patch_embeddings_go_through_fc_patch_whatever_its_init(tiny_clip, tiny_images) -> None:
+    model = _model(tiny_clip, lambda_fuse=0.0, tap_indices=[2, 11])
+    visual = tiny_clip[0].visual
+    blocks = _block_outputs(tiny_clip[0], tiny_images)
+    weight, bias = model.fc_patch.weight.double(), model.fc_patch.bias.double()
+    with torch.no_grad():
+        taps = model.encode_taps(tiny_images)
+    for tap in taps:
+        normed = visual.ln_post(blocks[tap.block][:, 1:]).double()
+        expected = (normed @ weight.T + bias).reshape(2, GRID, GRID, -1)
+        torch.testing.assert_close(tap.patch_embedding.double(), expected, atol=1e-5, rtol=0)
+
+
+# --- fc_patch initialisation ----------------------------------------------------------------------
+
+
+def test_fc_patch_starts_random_by_default_and_at_clips_projection_on_request(tiny_clip) -> None:
+    assert FEClipConfig().fc_patch_init == "random"  # the reference implementation's default
+    proj = tiny_clip[0].visual.proj
+    clip_init = _model(tiny_clip, fc_patch_init="clip")
+    assert torch.equal(clip_init.fc_patch.weight, proj.T) and torch.equal(clip_init.fc_patch.bias, torch.zeros(64))
+    random_init = _model(tiny_clip)
+    assert random_init.config.fc_patch_init == "random"
+    # PyTorch's nn.Linear default: weight and bias uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in = 64.
+    bound = 1 / math.sqrt(64)
+    for tensor in (random_init.fc_patch.weight, random_init.fc_patch.bias):
+        assert tensor.abs().max() <= bound
+    weight = random_init.fc_patch.weight.detach().double()
+    assert weight.abs().max() > 0.95 * bound
+    assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)  # std of U(-b, b)
+    assert (weight - proj.T.double()).abs().max() > 0.1
+
+
+def test_direct_construction_is_deterministic_under_the_global_seed(tiny_clip) -> None:
+    def trained_tensors(seed: int, **overrides: object) -> dict[str, Tensor]:
+        torch.manual_seed(seed)
+        model = _model(tiny_clip, **overrides)
+        return {k: v for k, v in model.state_dict().items() if k.startswith(("adapters.", "fc_patch."))}
+
+    first, again, other = trained_tensors(3), trained_tensors(3), trained_tensors(4)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["fc_patch.weight"], other["fc_patch.weight"])
+    # The "clip" start draws the same numbers first, so the adapters do not depend on the choice.
+    clip_start = trained_tensors(3, fc_patch_init="clip")
+    assert all(torch.equal(first[k], clip_start[k]) for k in first if k.startswith("adapters."))
+
+
+def test_from_open_clip_is_seeded() -> None:
+    a, b = FEClip.from_open_clip("feclip-tiny", None, seed=5), FEClip.from_open_clip("feclip-tiny", None, seed=5)
+    c = FEClip.from_open_clip("feclip-tiny", None, seed=6)
+    assert torch.equal(a.fc_patch.weight, b.fc_patch.weight) and not torch.equal(a.fc_patch.weight, c.fc_patch.weight)
+
+
+# --- the injected backbone is recorded ------------------------------------------------------------
+
+
+def test_the_injected_backbone_is_recorded_not_assumed(tiny_clip) -> None:
+    import open_clip
+
+    from feclip.backbones import create_tiny_clip
+
+    clip, tokenizer = create_tiny_clip(seed=3)
+    model = FEClip(clip, tokenizer)  # no backbone named: read from the backbone create_clip made
+    assert (model.config.backbone, model.config.pretrained, model.config.backbone_seed) == ("feclip-tiny", None, 3)
+    assert model.config.quick_gelu is False
+    named = FEClip(clip, tokenizer, backbone="feclip-tiny", pretrained=None, backbone_seed=3)
+    assert named.config == model.config
+    foreign = open_clip.create_model("feclip-tiny", pretrained=None)  # not made by feclip: origin unknown
+    unknown = FEClip(foreign, tokenizer)
+    assert unknown.config.backbone is None and unknown.config.pretrained is None
+    with pytest.raises(ValueError, match="quick_gelu=True, but the backbone uses GELU"):
+        FEClip(clip, tokenizer, quick_gelu=True)
 
 
 # --- how the adapters are wired -------------------------------------------------------------------
@@ -203,6 +279,10 @@ def test_other_construction_errors(tiny_clip, tiny_images) -> None:
     clip, _ = tiny_clip
     with pytest.raises(ValueError, match="unknown lfs_statistic 'median'"):
         _model(tiny_clip, lfs_statistic="median")
+    with pytest.raises(ValueError, match="unknown fc_patch_init 'proj'"):
+        _model(tiny_clip, fc_patch_init="proj")
+    with pytest.raises(ValueError, match="unknown resize_mode 'pad'"):
+        _model(tiny_clip, resize_mode="pad")
     with pytest.raises(ValueError, match="tokenizer"):
         FEClip(clip, None, **TINY)
     with pytest.raises(TypeError, match="VisionTransformer"):
@@ -263,15 +343,46 @@ def test_output_shapes_ranges_and_reductions(tiny_clip, tiny_images) -> None:
     np.testing.assert_allclose(out.anomaly_map.numpy(), expected_map, atol=1e-6)
 
 
-def test_scores_are_the_softmax_of_the_tap_embeddings(tiny_clip, tiny_images) -> None:
-    model = _model(tiny_clip)
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_scores_are_the_softmax_of_the_tap_embeddings(tiny_clip, tiny_images, temperature: float) -> None:
+    model = _model(tiny_clip) if temperature == 0.07 else _model(tiny_clip, temperature=temperature)
+    assert model.temperature == temperature
     with torch.no_grad():
         taps, out = model.encode_taps(tiny_images), model(tiny_images)
     text = model.text_features.double()
     for position, tap in enumerate(taps):
         cosine = F.normalize(tap.image_embedding.double(), dim=-1) @ text.T  # text features are unit-norm
-        expected = (cosine / 0.07).softmax(dim=-1)[:, 1]
+        expected = (cosine / temperature).softmax(dim=-1)[:, 1]
         torch.testing.assert_close(out.tap_scores[position].double(), expected, atol=1e-5, rtol=0)
+        patch_cosine = F.normalize(tap.patch_embedding.double(), dim=-1) @ text.T
+        expected_map = (patch_cosine / temperature).softmax(dim=-1)[..., 1]
+        torch.testing.assert_close(out.tap_maps[position].double(), expected_map, atol=1e-5, rtol=0)
+
+
+def test_logit_margin_map(tiny_clip, tiny_images) -> None:
+    probability = _model(tiny_clip)
+    margin = _model(tiny_clip, map_score="logit_margin")
+    margin.load_state_dict(probability.state_dict())
+    with torch.no_grad():
+        taps, out, out_probability = margin.encode_taps(tiny_images), margin(tiny_images), probability(tiny_images)
+    text = margin.text_features.double()
+    margins = []
+    for tap in taps:
+        cosine = F.normalize(tap.patch_embedding.double(), dim=-1) @ text.T  # (B, h, w, 2)
+        margins.append((cosine[..., 1] - cosine[..., 0]) / 0.07)
+    expected = _bilinear_upsample(torch.stack(margins).mean(dim=0).numpy(), 96)  # tap mean, then upsampled
+    np.testing.assert_allclose(out.anomaly_map.double().numpy(), expected, atol=2e-5)
+    # Only the reported map changes: image scores and the per-tap maps the losses use stay probabilities.
+    torch.testing.assert_close(out.pred_score, out_probability.pred_score, atol=0, rtol=0)
+    torch.testing.assert_close(out.tap_maps, out_probability.tap_maps, atol=0, rtol=0)
+    assert out.anomaly_map.min() < 0 or out.anomaly_map.max() > 1  # really not a probability
+    low, high = margin.anomaly_map_range
+    bound = float((text[1] - text[0]).norm()) / 0.07
+    assert (low, high) == pytest.approx((-bound, bound), rel=1e-6)
+    assert low <= out.anomaly_map.min() and out.anomaly_map.max() <= high
+    assert probability.anomaly_map_range == (0.0, 1.0)
+    with pytest.raises(ValueError, match="unknown map_score 'margin'"):
+        _model(tiny_clip, map_score="margin")
 
 
 def test_clip_logit_scale_sets_the_temperature(tiny_clip, tiny_images) -> None:
@@ -334,8 +445,25 @@ def test_a_grid_the_windows_do_not_divide() -> None:
     images = torch.randn(2, 3, 112, 112)
     model = FEClip(clip, tokenizer, backbone=TINY_MODEL, pretrained=None)
     assert model.grid_size == (14, 14)
-    out = model(images)
+    with torch.no_grad():
+        out, taps = model(images), model.encode_taps(images)
     assert out.tap_maps.shape == (4, 2, 14, 14) and out.anomaly_map.shape == (2, 112, 112)
-    assert torch.isfinite(out.anomaly_map).all()
+    # The first tap's fused tokens, written out in float64: FFE on the 3x3 windows of the grid
+    # replicate-padded to 15x15 (DCT, Linear + GELU, inverse DCT), cropped back to 14x14.
+    tokens = _block_outputs(clip, images)[taps[0].block][:, 1:].reshape(2, 14, 14, -1).double()
+    adapter = copy.deepcopy(model.adapters[0]).double()
+    padded = F.pad(tokens.permute(0, 3, 1, 2), (0, 1, 0, 1), mode="replicate")  # (B, D, 15, 15)
+    ffe = torch.zeros_like(padded)
+    for row in range(0, 15, 3):
+        for col in range(0, 15, 3):
+            coefficients = dct2(padded[..., row : row + 3, col : col + 3])  # (B, D, 3, 3)
+            transformed = adapter.ffe.mlp(coefficients.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            ffe[..., row : row + 3, col : col + 3] = idct2(transformed)
+    ffe = ffe[..., :14, :14].permute(0, 2, 3, 1)
+    with torch.no_grad():
+        expected = 0.1 * (ffe + adapter.lfs(tokens)) + 0.9 * tokens
+    torch.testing.assert_close(taps[0].patch_tokens.double(), expected, atol=1e-5, rtol=0)
+    expected_map = anomaly_probability(model.fc_patch(clip.visual.ln_post(taps[0].patch_tokens)), model.text_features)
+    torch.testing.assert_close(out.tap_maps[0], expected_map)
     identity = FEClip(clip, tokenizer, backbone=TINY_MODEL, pretrained=None, lambda_fuse=0.0)
     torch.testing.assert_close(identity.encode_taps(images)[-1].image_embedding, clip.encode_image(images), atol=1e-5, rtol=0)
