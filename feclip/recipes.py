@@ -15,12 +15,17 @@ from typing import Any
 
 from feclip.checkpoint import read_metadata
 from feclip.data import AnomalyDataset, build_dataset, transforms_for_clip
-from feclip.model import FEClip
+from feclip.model import FEClip, FEClipConfig
 from feclip.profiles import Profile, ensure_data
 from feclip.train import History, TrainConfig, train
 
 # Training settings that make a finished run a different run (device, workers and logging do not).
-_RUN_DEFINING = ("epochs", "batch_size", "lr", "fc_patch_lr", "w_cls", "w_mask", "loss_reduction", "focal_gamma", "seed")
+_RUN_DEFINING = ("epochs", "batch_size", "lr", "fc_patch_lr", "w_cls", "w_mask", "supervise", "tap_reduction",
+                 "focal_gamma", "focal_alpha", "dice_smooth", "seed")
+# Model settings that change what training produces even when left at their defaults.
+_MODEL_RUN_DEFINING = ("fc_patch_init", "resize_mode")
+# Model settings that only change how a trained model reports: applied to a loaded model, never compared.
+_INFERENCE_ONLY = ("map_score",)
 
 __all__ = ["build_model", "profile_datasets", "train_config", "default_run_dir", "load_or_train"]
 
@@ -117,12 +122,18 @@ def load_or_train(
         history = History.load(run_dir)
         if len(history) >= config.epochs:
             model = FEClip.load(checkpoint, device=profile.device)
-            saved_training = read_metadata(checkpoint).get("extra", {}).get("train_config", {})
+            saved = read_metadata(checkpoint).get("extra", {}).get("train_config")
+            saved_training = TrainConfig.from_dict(saved).to_dict() if saved else {}
             wanted_training = config.to_dict()
-            differing = {k: v for k, v in model_overrides.items() if getattr(model.config, k) != v}
+            wanted_model = {name: getattr(FEClipConfig(), name) for name in _MODEL_RUN_DEFINING}
+            wanted_model |= {k: v for k, v in model_overrides.items() if k not in _INFERENCE_ONLY}
+            differing = {k: v for k, v in wanted_model.items() if getattr(model.config, k) != v}
             differing |= {k: wanted_training[k] for k in _RUN_DEFINING if saved_training.get(k, wanted_training[k]) != wanted_training[k]}
             if differing:
                 raise ValueError(f"{run_dir} holds a run with another configuration ({differing}); use another run_dir")
+            for name in _INFERENCE_ONLY:
+                if name in model_overrides:
+                    setattr(model.config, name, model_overrides[name])
             return model.eval(), history
     model = build_model(profile, **model_overrides)
     train_set, _ = profile_datasets(profile, model)

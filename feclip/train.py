@@ -8,7 +8,12 @@ set's **test** split, the only one with anomalies and masks; see
 
 Only the adapters and ``fc_patch`` learn (Adam, two parameter groups with their own learning
 rates); the CLIP backbone stays frozen and in eval mode. The loss is
-``w_cls * BCE + w_mask * (focal + Dice)`` (:class:`feclip.losses.FEClipLoss`).
+``w_cls * BCE + w_mask * (focal + Dice)``, per tap and averaged over taps
+(:class:`feclip.losses.FEClipLoss`, built from the config by :func:`build_loss`).
+
+Validation data, if any, must come from the auxiliary side too (for example a held-out part of
+the training set): choosing ``best.safetensors`` on the target's test set would leak the target
+into a zero-shot result.
 
 Every epoch writes to ``out_dir`` (atomically, so a Colab disconnect mid-save loses nothing):
 
@@ -57,7 +62,7 @@ from feclip.checkpoint import (
     save_checkpoint,
     trained_state_dict,
 )
-from feclip.losses import FEClipLoss, LossParts
+from feclip.losses import FEClipLoss, LossParts, check_tap_options
 from feclip.metrics import METRIC_COLUMNS
 from feclip.model import FEClip
 
@@ -65,6 +70,7 @@ __all__ = [
     "TrainConfig",
     "History",
     "DistributedContext",
+    "build_loss",
     "build_optimizer",
     "resolve_device",
     "resolve_resume",
@@ -79,23 +85,35 @@ LAST, BEST, STATE = "last.safetensors", "best.safetensors", "last.state.pt"
 _STATE_FORMAT = 1
 # Settings a resumed run may change without changing its result.
 _FREE_TO_CHANGE = ("epochs", "num_workers", "device", "val_every", "val_batch_size", "best_metric")
+# What a config saved before these fields existed trained with (its key ``loss_reduction`` is today's ``supervise``).
+_LEGACY_MEANING = {"tap_reduction": "sum", "focal_alpha": None, "dice_smooth": 1.0}
 
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters; the defaults are the seed implementation's best.
+    """Training hyper-parameters; the defaults are the reference implementation's recipe.
+
+    The paper states Adam, learning rate 5e-4, batch 16 and 9 epochs; the reference implementation
+    adds ``fc_patch_lr`` = lr / 100 (its experiment 12), the per-tap losses averaged over taps, focal
+    ``alpha = 0.25``, ``gamma = 2`` and Dice smoothing ``1e-6``. ``book/reproducibility.md`` lists
+    every setting with its source.
 
     Attributes:
         epochs: Passes over the training set.
         batch_size: Images per step and per process.
         lr: Adam learning rate of the adapters.
-        fc_patch_lr: Adam learning rate of ``fc_patch`` (it starts at CLIP's projection).
+        fc_patch_lr: Adam learning rate of ``fc_patch``.
         betas: Adam betas.
         weight_decay: Adam weight decay.
         w_cls: Weight of the image BCE.
         w_mask: Weight of the pixel focal + Dice.
-        loss_reduction: ``"per_tap"`` (every tap supervised) or ``"mean"`` (the tap average).
+        supervise: What the loss compares with the labels: ``"per_tap"`` (every tap's score and map) or
+            ``"tap_average"`` (only their tap average); the old field ``loss_reduction`` and its value
+            ``"mean"`` are read as this.
+        tap_reduction: How per-tap losses combine: ``"mean"`` over taps or ``"sum"``.
         focal_gamma: Focal loss exponent.
+        focal_alpha: Focal weight of anomalous pixels (normal ones get ``1 - focal_alpha``); ``None``: none.
+        dice_smooth: Dice smoothing.
         grad_clip_norm: Clip the gradient norm to this (``None``: no clipping).
         seed: Seed of the data order (and of numpy / random / torch at the start).
         num_workers: DataLoader worker processes.
@@ -115,8 +133,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     w_cls: float = 1.0
     w_mask: float = 1.0
-    loss_reduction: Literal["per_tap", "mean"] = "per_tap"
+    supervise: Literal["per_tap", "tap_average"] = "per_tap"
+    tap_reduction: Literal["mean", "sum"] = "mean"
     focal_gamma: float = 2.0
+    focal_alpha: float | None = 0.25
+    dice_smooth: float = 1e-6
     grad_clip_norm: float | None = None
     seed: int = 0
     num_workers: int = 4
@@ -135,6 +156,7 @@ class TrainConfig:
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.best_metric not in METRIC_COLUMNS:
             raise ValueError(f"best_metric must be one of {list(METRIC_COLUMNS)}, got {self.best_metric!r}")
+        self.supervise, self.tap_reduction = check_tap_options(self.supervise, self.tap_reduction)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +167,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error that names them."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error that names them.
+
+        A dict written before ``supervise`` had its name (it has ``loss_reduction``) is read as what it
+        trained with: per-tap losses summed over taps, no focal alpha, Dice smoothing 1.
+        """
+        if "loss_reduction" in values:
+            values = {**_LEGACY_MEANING, **values}
+            values["supervise"] = values.pop("loss_reduction")
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown training config keys: {unknown}")
@@ -237,6 +266,12 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def build_loss(config: TrainConfig) -> FEClipLoss:
+    """The loss :func:`train` optimises, with every loss setting of ``config``."""
+    return FEClipLoss(config.w_cls, config.w_mask, supervise=config.supervise, tap_reduction=config.tap_reduction,
+                      gamma=config.focal_gamma, focal_alpha=config.focal_alpha, dice_smooth=config.dice_smooth)
+
+
 def build_optimizer(model: FEClip, config: TrainConfig) -> torch.optim.Adam:
     """Adam over the adapters (``lr``) and ``fc_patch`` (``fc_patch_lr``) only; the CLIP is not in it."""
     groups = model.trainable_parameters()
@@ -305,17 +340,9 @@ def _batch_loss(loss_fn: FEClipLoss, output: Any, batch: dict[str, Any], device:
     """The loss, with the pixel terms only on images whose mask is real (``has_mask``)."""
     labels = batch["label"].to(device)
     masks = batch["mask"].to(device, non_blocking=True)
-    has_mask = torch.as_tensor(batch.get("has_mask", torch.ones_like(labels, dtype=torch.bool))).to(device).bool()
-    if bool(has_mask.all()):
-        return loss_fn(output.tap_scores, output.tap_maps, labels, masks)
-    image_loss = FEClipLoss(loss_fn.w_cls, 0.0, loss_fn.reduction, loss_fn.gamma)
-    image_parts = image_loss(output.tap_scores, output.tap_maps, labels, masks)
-    if not bool(has_mask.any()):
-        zero = image_parts.bce.new_zeros(())
-        return LossParts(total=image_parts.total, bce=image_parts.bce, focal=zero, dice=zero)
-    pixel_loss = FEClipLoss(0.0, loss_fn.w_mask, loss_fn.reduction, loss_fn.gamma)
-    pixel_parts = pixel_loss(output.tap_scores[:, has_mask], output.tap_maps[:, has_mask], labels[has_mask], masks[has_mask])
-    return LossParts(image_parts.total + pixel_parts.total, image_parts.bce, pixel_parts.focal, pixel_parts.dice)
+    has_mask = batch.get("has_mask")
+    has_mask = None if has_mask is None else torch.as_tensor(has_mask).to(device).bool()
+    return loss_fn(output.tap_scores, output.tap_maps, labels, masks, has_mask=has_mask)
 
 
 @dataclass
@@ -392,8 +419,10 @@ def train(
             the auxiliary data set's test split (see the module docstring).
         config: Hyper-parameters (default :class:`TrainConfig`).
         out_dir: Run folder for checkpoints, training state and history.
-        val_dataset: Optional target-style data set evaluated after every ``val_every`` epochs
-            (macro metrics in the history, ``best.safetensors`` by ``config.best_metric``).
+        val_dataset: Optional validation set evaluated after every ``val_every`` epochs (macro metrics
+            in the history, ``best.safetensors`` by ``config.best_metric``). It must come from the
+            auxiliary side, e.g. :meth:`feclip.data.AnomalyDataset.holdout` of the training set, never from
+            the target: a ``best`` chosen on the target's test set is no longer zero-shot.
         resume: ``None`` (fresh), ``"auto"`` (resume ``out_dir`` if it has a state), or a run
             folder / state file / checkpoint to continue from.
         progress: Show tqdm bars and a one-line summary per epoch.
@@ -425,7 +454,7 @@ def _train(
     amp = _amp_dtype(config.amp, device)
     model.to(device)
     optimizer = build_optimizer(model, config)
-    loss_fn = FEClipLoss(config.w_cls, config.w_mask, config.loss_reduction, config.focal_gamma)
+    loss_fn = build_loss(config)
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     history, start_epoch, global_step, best = History(), 0, 0, -math.inf

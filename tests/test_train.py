@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 
 from feclip.checkpoint import CheckpointMismatch, read_metadata
 from feclip.evaluate import evaluate
-from feclip.losses import FEClipLoss
+from feclip.losses import FEClipLoss, bce_loss, dice_loss, focal_loss
 from feclip.model import FEClip
 from feclip.train import (
     BEST,
@@ -24,6 +25,7 @@ from feclip.train import (
     _batch_loss,
     _restore_rng_state,
     _rng_state,
+    build_loss,
     build_optimizer,
     resolve_resume,
     train,
@@ -76,10 +78,12 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_defaults_are_the_seed_implementations_best() -> None:
+def test_defaults_are_the_reference_implementations_recipe() -> None:
     config = TrainConfig()
     assert (config.epochs, config.batch_size, config.lr, config.fc_patch_lr) == (9, 16, 5e-4, 5e-6)
-    assert (config.w_cls, config.w_mask, config.loss_reduction, config.seed) == (1.0, 1.0, "per_tap", 0)
+    assert (config.w_cls, config.w_mask, config.supervise, config.tap_reduction, config.seed) == (1.0, 1.0, "per_tap", "mean", 0)
+    assert (config.focal_gamma, config.focal_alpha, config.dice_smooth) == (2.0, 0.25, 1e-6)
+    assert (config.betas, config.weight_decay, config.grad_clip_norm) == ((0.9, 0.999), 0.0, None)  # Adam's own
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8")
@@ -87,6 +91,35 @@ def test_defaults_are_the_seed_implementations_best() -> None:
         TrainConfig(best_metric="accuracy")
     with pytest.raises(ValueError, match="unknown training config keys: \\['lr_adapters'\\]"):
         TrainConfig.from_dict({"lr_adapters": 1.0})
+
+
+def test_a_config_saved_before_the_loss_options_reads_as_what_it_trained() -> None:
+    old = {key: value for key, value in TrainConfig().to_dict().items()
+           if key not in ("supervise", "tap_reduction", "focal_alpha", "dice_smooth")}
+    for legacy, supervise in (("per_tap", "per_tap"), ("mean", "tap_average")):
+        config = TrainConfig.from_dict({**old, "loss_reduction": legacy})
+        # Summed over taps, no focal alpha, Dice smoothing 1: the loss those runs were trained with.
+        assert (config.supervise, config.tap_reduction, config.focal_alpha, config.dice_smooth) == (supervise, "sum", None, 1.0)
+    assert TrainConfig(supervise="mean").supervise == "tap_average"
+    with pytest.raises(ValueError, match="tap_reduction must be one of"):
+        TrainConfig(tap_reduction="max")
+
+
+def test_build_loss_uses_every_loss_setting() -> None:
+    generator = torch.Generator().manual_seed(3)
+    tap_scores, tap_maps = torch.rand(3, 2, generator=generator), torch.rand(3, 2, 4, 4, generator=generator)
+    labels, masks = torch.tensor([0, 1]), torch.zeros(2, 4, 4)
+    masks[1, 1:3, 1:3] = 1
+    config = TrainConfig(w_cls=2.0, w_mask=0.5, tap_reduction="sum", focal_gamma=0.5, focal_alpha=0.6, dice_smooth=0.3)
+    bce = sum(bce_loss(s, labels) for s in tap_scores)
+    focal = sum(focal_loss(m, masks, gamma=0.5, alpha=0.6) for m in tap_maps)
+    dice = sum(dice_loss(m, masks, smooth=0.3) for m in tap_maps)
+    parts = build_loss(config)(tap_scores, tap_maps, labels, masks)  # maps already at the mask size
+    assert parts.total.item() == pytest.approx((2.0 * bce + 0.5 * (focal + dice)).item(), rel=1e-6)
+    average = build_loss(TrainConfig(supervise="tap_average"))(tap_scores, tap_maps, labels, masks)
+    expected = (bce_loss(tap_scores.mean(0), labels) + focal_loss(tap_maps.mean(0), masks, alpha=0.25)
+                + dice_loss(tap_maps.mean(0), masks, smooth=1e-6))
+    assert average.total.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_optimizer_holds_only_adapters_and_fc_patch(tiny_clip) -> None:
@@ -114,6 +147,52 @@ def test_training_moves_adapters_only_and_keeps_clip_in_eval(tiny_clip, tmp_path
     assert _same(_frozen(model), clip_before)
     after = _trained(model)
     assert all(not torch.equal(after[k], trained_before[k]) for k in after)  # every trained tensor moved
+
+
+def _adam_step(params: dict[str, torch.Tensor], gradients: dict[str, torch.Tensor], moments: dict[str, list],
+               step: int, lrs: dict[str, float], betas: tuple[float, float], weight_decay: float) -> None:
+    """One Adam step (Kingma & Ba, eps 1e-8), L2 weight decay added to the gradient as torch.optim.Adam does."""
+    beta1, beta2 = betas
+    for key, gradient in gradients.items():
+        gradient = gradient + weight_decay * params[key]
+        first, second = moments.setdefault(key, [torch.zeros_like(gradient), torch.zeros_like(gradient)])
+        first.mul_(beta1).add_((1 - beta1) * gradient)
+        second.mul_(beta2).add_((1 - beta2) * gradient**2)
+        update = (first / (1 - beta1**step)) / ((second / (1 - beta2**step)).sqrt() + 1e-8)
+        params[key] = params[key] - lrs[key] * update
+
+
+def test_the_trainer_applies_clipping_weight_decay_and_betas(tiny_clip, tmp_path: Path) -> None:
+    """Two steps of train() against the same two steps written out: clip the gradient norm, then Adam."""
+    dataset = RandomAnomalyDataset(n=4)
+    config = _config(epochs=1, batch_size=2, shuffle=False, lr=1e-2, fc_patch_lr=1e-3, grad_clip_norm=0.05,
+                     weight_decay=0.05, betas=(0.5, 0.9))
+    model = _model(tiny_clip)
+    reference = copy.deepcopy(model)
+    train(model, dataset, config, out_dir=tmp_path, progress=False)
+
+    params = {name: p.detach().double().clone() for name, p in reference.named_parameters() if p.requires_grad}
+    lrs = {name: config.fc_patch_lr if name.startswith("fc_patch.") else config.lr for name in params}
+    loss_fn, moments = build_loss(config), {}
+    for step, start in enumerate((0, 2), start=1):  # the two batches, in order (no shuffling)
+        with torch.no_grad():
+            for name, parameter in reference.named_parameters():
+                if name in params:
+                    parameter.copy_(params[name])
+        items = [dataset[i] for i in range(start, start + 2)]
+        output = reference(torch.stack([item["image"] for item in items]))
+        labels, masks = torch.tensor([item["label"] for item in items]), torch.stack([item["mask"] for item in items])
+        reference.zero_grad()
+        loss_fn(output.tap_scores, output.tap_maps, labels, masks).total.backward()
+        gradients = {name: p.grad.double() for name, p in reference.named_parameters() if name in params}
+        norm = math.sqrt(sum(float(g.square().sum()) for g in gradients.values()))
+        assert norm > 2 * config.grad_clip_norm  # the clipping really acts
+        scale = config.grad_clip_norm / (norm + 1e-6)  # clip_grad_norm_'s rule, over both parameter groups
+        _adam_step(params, {name: g * scale for name, g in gradients.items()}, moments, step, lrs, config.betas,
+                   config.weight_decay)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.detach().double(), params[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_history_loss_is_the_dataset_loss(tiny_clip, tmp_path: Path) -> None:
