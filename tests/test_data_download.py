@@ -39,7 +39,7 @@ from feclip.data.download import (
     run_download,
     sha256_of,
 )
-from feclip.data.sources import SOURCES, LayoutError
+from feclip.data.sources import SOURCES, DataSource, LayoutError
 
 PAYLOAD = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, every offset distinguishable
 
@@ -365,7 +365,7 @@ def btad_release() -> bytes:
     return _zip(files)
 
 
-def _served(server, name: str, archive: bytes) -> dl.DataSource:
+def _served(server, name: str, archive: bytes) -> DataSource:
     url, state = server
     state.files[f"/{name}"] = archive
     return replace(SOURCES[name], url=f"{url}/{name}", sha256=_sha(archive))

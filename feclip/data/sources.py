@@ -17,7 +17,7 @@ downloaded.
 
 Every prepared set lands in ``<root>/<name>`` in a layout one of our readers reads:
 
-* ``mvtec`` kind (:class:`~feclip.data.MVTecAD`): MVTec AD, BTAD and MPDD and DTD-Synthetic
+* ``mvtec`` kind (:class:`~feclip.data.MVTecAD`): MVTec AD, BTAD, MPDD and DTD-Synthetic
   as released; DAGM, CVC-ClinicDB and Kvasir converted (test split only for the polyp sets,
   whose every image is anomalous);
 * ``visa`` kind (:class:`~feclip.data.VisA`): VisA as released, ``split_csv/1cls.csv`` at
