@@ -7,13 +7,18 @@ the ``"macro"`` (mean over categories, as FE-CLIP and most papers report) and
 ``"micro"`` (all images or pixels pooled) rows. Values are fractions in ``[0, 1]``;
 :func:`format_percent` turns them into percentages for printing.
 
+Like most zero-shot anomaly papers' evaluation code, :func:`evaluate` smooths every predicted
+map with a Gaussian (``map_sigma``, default 4 pixels at the model's input resolution;
+:func:`feclip.postprocess.smooth_anomaly_maps`) before the pixel metrics; the table records the
+sigma it used. The FE-CLIP reference implementation measured a Gaussian of sigma 2 raising MVTec
+AD's AUPRO from 83.7 % to 91.7 % while pixel AUROC went from 91.5 % to 91.6 %.
+
 :class:`AnomalyMetrics` is the streaming accumulator behind it, usable on its own.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,19 +32,27 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from feclip.data.transforms import resize_masks
 from feclip.metrics import (
     METRIC_COLUMNS,
     NAN,
     PIXEL_METRICS,
     Connectivity,
+    ScoreHistograms,
+    flatten_pixels,
     histogram_metrics,
     image_metrics,
-    label_regions,
-    pixel_metrics,
+    merge_score_histograms,
+    pixel_metrics_of_regions,
+    score_histograms,
 )
+from feclip.postprocess import smooth_anomaly_maps
 from feclip.predictor import AnomalyPrediction, AnomalyPredictor
 
-__all__ = ["resize_maps", "resize_masks", "AnomalyMetrics", "evaluate", "format_percent"]
+__all__ = ["DEFAULT_MAP_SIGMA", "resize_maps", "resize_masks", "AnomalyMetrics", "evaluate", "format_percent"]
+
+# Gaussian smoothing of the maps before pixel metrics, in pixels: the field's evaluation convention.
+DEFAULT_MAP_SIGMA = 4.0
 
 
 def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -57,22 +70,6 @@ def resize_maps(anomaly_maps: torch.Tensor, size: int | Sequence[int]) -> torch.
     return resized[:, 0]
 
 
-def resize_masks(masks: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Resize binary masks ``(B, H, W)`` to ``(B, *size)`` as booleans.
-
-    Shrinking max-pools, so a defect smaller than the new pixels survives as one pixel
-    instead of vanishing; growing uses nearest neighbours.
-    """
-    size = _size_pair(size)
-    masks = masks.float()
-    if tuple(masks.shape[-2:]) == size:
-        return masks > 0.5
-    binary = (masks > 0.5).float()[:, None]
-    if size[0] <= masks.shape[-2] and size[1] <= masks.shape[-1]:
-        return F.adaptive_max_pool2d(binary, size)[:, 0] > 0.5
-    return F.interpolate(binary, size=size, mode="nearest")[:, 0] > 0.5
-
-
 @dataclass
 class _Category:
     """What :class:`AnomalyMetrics` keeps for one category."""
@@ -83,8 +80,7 @@ class _Category:
     masks: list[np.ndarray] = field(default_factory=list)  # bool, (b, h, w)
     pixels_valid: bool = True
     n_items: int = 0
-    histograms: np.ndarray | None = None  # (3, num_bins): positives, negatives, region weights
-    n_regions: int = 0
+    histograms: ScoreHistograms | None = None  # of the stored pixels, set when finalised
     result: dict[str, float] | None = None
 
 
@@ -92,20 +88,25 @@ class AnomalyMetrics:
     """Per-category, macro and micro metrics accumulated batch by batch.
 
     Memory model: image scores are kept in full (a few bytes per image). Pixel maps are kept
-    only per category, resized to ``pixel_size`` if given (maps bilinearly, masks by max-pooling)
-    and stored as ``map_dtype`` maps plus boolean masks: 3 bytes per pixel at the default
-    float16, i.e. 200 MB for 1000 images at 256 x 256. A category is finalised, and its maps
-    freed, as soon as ``expected_counts`` says it is complete, otherwise at :meth:`compute`.
-    Each category also keeps three ``num_bins`` histograms of its pixel scores (1.5 MB at the
-    default ``2**16`` bins). float16 keeps about 3 significant digits, so scores closer than
-    ~0.05 % become ties; pass ``map_dtype=np.float32`` for scores exactly as predicted.
+    only per category, resized to ``pixel_size`` if given (maps bilinearly, masks by
+    :func:`~feclip.data.transforms.resize_masks`, the policy training uses too) and stored as
+    ``map_dtype`` maps plus boolean masks: 3 bytes per pixel at the default float16, i.e.
+    200 MB for 1000 images at 256 x 256. A category is finalised, and its maps freed, as soon
+    as ``expected_counts`` says it is complete, otherwise at :meth:`compute`; it then keeps
+    three ``num_bins`` histograms of its pixel scores (1.5 MB at the default ``2**16``).
+    float16 keeps about 3 significant digits, so scores closer than ~0.05 % become ties; pass
+    ``map_dtype=np.float32`` for scores exactly as predicted.
 
-    Micro (pooled) pixel metrics come from the sum of those histograms over ``score_range``,
-    split into ``num_bins`` equal bins, so they are exact for the stored scores rounded to the
-    bins; scores outside the range fall into the edge bins (with a warning). Micro image
-    metrics are exact. Categories whose anomalous images lack masks (``has_mask`` false) get
-    ``NaN`` pixel metrics and are left out of the micro pixel pool; the macro row is the mean
-    over the categories where a metric is defined.
+    Micro (pooled) pixel metrics come from those histograms, merged: each category's bins are
+    equal, a power of two wide and fitted to its own score range
+    (:func:`~feclip.metrics.score_histograms`), and merging coarsens them exactly to a common
+    width (:func:`~feclip.metrics.merge_score_histograms`). No score range has to be known in
+    advance, so probabilities and unbounded maps such as logit margins pool alike; the micro
+    pixel metrics are exact for the stored scores rounded down to the final bins (below
+    ``2 (max - min) / (num_bins - 1)`` wide, e.g. ``2**-16`` for scores in ``[0, 1)``). Micro
+    image metrics are exact. Categories whose anomalous images lack masks (``has_mask`` false)
+    get ``NaN`` pixel metrics and are left out of the micro pixel pool; the macro row is the
+    mean over the categories where a metric is defined.
 
     Args:
         pixel_size: Side (or ``(H, W)``) of the stored pixel maps; ``None`` keeps the masks' size.
@@ -113,7 +114,6 @@ class AnomalyMetrics:
         connectivity: Region connectivity of AUPRO, ``8`` (MVTec AD) or ``4``.
         expected_counts: Number of test images per category, to free a category's maps early.
         num_bins: Histogram bins of the micro pixel metrics.
-        score_range: Range of pixel scores that the histogram bins cover.
         map_dtype: Floating dtype of the stored pixel maps.
     """
 
@@ -125,20 +125,18 @@ class AnomalyMetrics:
         connectivity: Connectivity = 8,
         expected_counts: Mapping[str, int] | None = None,
         num_bins: int = 2**16,
-        score_range: tuple[float, float] = (0.0, 1.0),
         map_dtype: npt.DTypeLike = np.float16,
     ) -> None:
-        if score_range[1] <= score_range[0]:
-            raise ValueError(f"score_range must be increasing, got {score_range}")
+        if num_bins < 2:
+            raise ValueError(f"num_bins must be at least 2, got {num_bins}")
+        self.num_bins = num_bins
         self.pixel_size = None if pixel_size is None else _size_pair(pixel_size)
         self.fpr_limit, self.connectivity = fpr_limit, connectivity
         self.expected_counts = dict(expected_counts or {})
-        self.num_bins, self.score_range = num_bins, score_range
         self.map_dtype = np.dtype(map_dtype)
         if self.map_dtype.kind != "f":
             raise ValueError(f"map_dtype must be a floating dtype, got {self.map_dtype}")
         self.categories: dict[str, _Category] = {}
-        self._warned_range = False
 
     def update(
         self,
@@ -216,27 +214,6 @@ class AnomalyMetrics:
             raise ValueError(f"anomaly_map has NaN, infinite or {self.map_dtype}-overflowing values")
         state.maps.append(stored)
         state.masks.append(binary)
-        low, high = self.score_range
-        if not self._warned_range and (stored.min() < low or stored.max() > high):
-            self._warned_range = True
-            warnings.warn(
-                f"anomaly_map values outside score_range={self.score_range} share the edge bins of the micro "
-                "pixel histograms; pass a wider score_range to AnomalyMetrics",
-                stacklevel=3,
-            )
-        scaled = (stored.astype(np.float64).ravel() - low) * (self.num_bins / (high - low))
-        bins = np.clip(scaled, 0, self.num_bins - 1).astype(np.int64)
-        regions, n_regions = label_regions(binary, self.connectivity)
-        regions = regions.ravel()
-        weights = np.zeros(regions.size)
-        defect = regions > 0
-        weights[defect] = 1.0 / np.bincount(regions)[regions[defect]]
-        if state.histograms is None:
-            state.histograms = np.zeros((3, self.num_bins))
-        state.histograms[0] += np.bincount(bins[defect], minlength=self.num_bins)
-        state.histograms[1] += np.bincount(bins[~defect], minlength=self.num_bins)
-        state.histograms[2] += np.bincount(bins, weights=weights, minlength=self.num_bins)
-        state.n_regions += n_regions
 
     def finalize_category(self, name: str) -> dict[str, float]:
         """Compute one category's metrics now and free its pixel maps."""
@@ -245,8 +222,10 @@ class AnomalyMetrics:
             result = image_metrics(np.concatenate(state.scores), np.concatenate(state.labels))
             result.update(dict.fromkeys(PIXEL_METRICS, NAN))
             if state.pixels_valid and state.maps:
-                options = {"fpr_limit": self.fpr_limit, "connectivity": self.connectivity}
-                result.update(pixel_metrics(state.maps, state.masks, **options))
+                scores, regions, n_regions = flatten_pixels(state.maps, state.masks, self.connectivity)
+                state.maps, state.masks = [], []  # flattened copies hold the pixels now
+                result.update(pixel_metrics_of_regions(scores, regions, n_regions, fpr_limit=self.fpr_limit))
+                state.histograms = score_histograms(scores, regions, n_regions, self.num_bins)
             state.result, state.maps, state.masks = result, [], []
         return dict(state.result)
 
@@ -267,11 +246,10 @@ class AnomalyMetrics:
         macro = table[list(METRIC_COLUMNS)].mean(axis=0, skipna=True)
         all_scores = np.concatenate([s for state in self.categories.values() for s in state.scores])
         micro = image_metrics(all_scores, np.concatenate(list(labels.values())))
-        pooled = [state for state in self.categories.values() if state.pixels_valid and state.histograms is not None]
+        pooled = [state.histograms for state in self.categories.values() if state.histograms is not None]
         if pooled:
-            histograms = np.sum([state.histograms for state in pooled], axis=0)
-            n_regions = sum(state.n_regions for state in pooled)
-            micro.update(histogram_metrics(*histograms, n_regions, fpr_limit=self.fpr_limit))
+            merged = merge_score_histograms(pooled, self.num_bins)
+            micro.update(histogram_metrics(*merged.counts, merged.n_regions, fpr_limit=self.fpr_limit))
         table.loc["macro"] = [*macro, table["n_images"].sum(), table["n_anomalous"].sum()]
         table.loc["micro"] = [*(micro.get(key, NAN) for key in METRIC_COLUMNS), *table.loc["macro"].iloc[-2:]]
         table[["n_images", "n_anomalous"]] = table[["n_images", "n_anomalous"]].astype(int)
@@ -280,7 +258,7 @@ class AnomalyMetrics:
 
     def reset(self) -> None:
         """Forget everything added so far."""
-        self.categories, self._warned_range = {}, False
+        self.categories = {}
 
 
 _REQUIRED_KEYS = ("image", "mask", "label", "category")
@@ -306,12 +284,16 @@ def evaluate(
     output_dir: str | Path | None = None,
     expected_counts: Mapping[str, int] | None = None,
     map_dtype: npt.DTypeLike = np.float16,
+    map_sigma: float = DEFAULT_MAP_SIGMA,
 ) -> pd.DataFrame:
     """Score every test image of ``dataset`` with ``predictor`` and tabulate the metrics.
 
     The predictor runs in eval mode (``.eval()`` is called if it has one; an ``nn.Module``
-    is also moved to ``device``) under ``torch.inference_mode``. Anomaly maps whose size
-    differs from the masks' are resized bilinearly before scoring.
+    is also moved to ``device``) under ``torch.inference_mode``. Each predicted map is first
+    smoothed with a Gaussian of ``map_sigma`` pixels at the predictor's output resolution (the
+    input image size), on ``device``; then maps whose size differs from the masks' (or
+    ``pixel_size``) are resized bilinearly before scoring. Maps may be any real numbers (e.g.
+    logit margins): the rank metrics and the float16-binned micro pooling need no range.
 
     Args:
         predictor: Callable ``predictor(images (B, 3, H, W)) -> AnomalyPrediction`` with
@@ -329,12 +311,19 @@ def evaluate(
             as it is complete; by default counted from ``dataset.samples`` (records with a
             ``category``, as :class:`feclip.data.AnomalyDataset` has) when there is such a list.
         map_dtype: Dtype of the stored pixel maps; ``np.float32`` avoids float16's rounding.
+        map_sigma: Standard deviation in pixels of the Gaussian that smooths every map before the
+            pixel metrics (scipy's ``gaussian_filter`` with its defaults, as the field's evaluation
+            code uses it); ``0`` turns smoothing off.
 
     Returns:
         DataFrame indexed by category, then ``"macro"`` and ``"micro"``, with columns
         ``image_auroc, image_ap, image_f1max, pixel_auroc, pixel_ap, pixel_f1max, pixel_aupro``
-        (fractions in ``[0, 1]``, ``NaN`` where undefined), ``n_images`` and ``n_anomalous``.
+        (fractions in ``[0, 1]``, ``NaN`` where undefined), ``n_images``, ``n_anomalous`` and
+        ``map_sigma`` (the sigma used, in every row, so ``metrics.csv`` and ``metrics.json``
+        keep it too; it is also in ``table.attrs["map_sigma"]``).
     """
+    map_sigma = float(map_sigma)
+    smooth_anomaly_maps(torch.zeros(1, 1, 1), map_sigma)  # check the sigma before any work
     if hasattr(predictor, "eval"):
         predictor.eval()
     if isinstance(predictor, torch.nn.Module):
@@ -354,7 +343,7 @@ def evaluate(
             metrics.update(
                 prediction.pred_score,
                 batch["label"],
-                prediction.anomaly_map,
+                smooth_anomaly_maps(prediction.anomaly_map.float(), map_sigma),
                 batch["mask"],
                 batch.get("has_mask"),
                 batch["category"],
@@ -362,6 +351,8 @@ def evaluate(
             bar.set_postfix(category=batch["category"][-1], refresh=False)
             bar.update()
     table = metrics.compute()
+    table["map_sigma"] = map_sigma
+    table.attrs["map_sigma"] = map_sigma
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

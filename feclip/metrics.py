@@ -14,11 +14,17 @@ error, so one odd category does not stop a benchmark.
 
 :func:`histogram_metrics` gives the pixel metrics of score histograms, which is how
 :class:`feclip.evaluate.AnomalyMetrics` pools pixels over categories without keeping them.
+:func:`score_histograms` bins one set of pixels over equal bins whose width is a power of two
+fitted to the scores' own range (so probabilities and unbounded maps such as logit margins
+are binned alike), and :func:`merge_score_histograms` pools such histograms exactly: every bin
+of a finer histogram lies inside one bin of a coarser one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -38,6 +44,11 @@ __all__ = [
     "aupro",
     "pixel_metrics",
     "histogram_metrics",
+    "ScoreHistograms",
+    "flatten_pixels",
+    "merge_score_histograms",
+    "pixel_metrics_of_regions",
+    "score_histograms",
 ]
 
 IMAGE_METRICS: tuple[str, ...] = ("image_auroc", "image_ap", "image_f1max")
@@ -144,10 +155,20 @@ def _batches(arrays: MapBatches) -> list[np.ndarray]:
     return [np.asarray(arrays)] if isinstance(arrays, np.ndarray) else [np.asarray(a) for a in arrays]
 
 
-def _flat_pixels(
-    anomaly_maps: MapBatches, masks: MapBatches, connectivity: Connectivity
+def flatten_pixels(
+    anomaly_maps: MapBatches, masks: MapBatches, connectivity: Connectivity = 8
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Flat scores, flat region labels (numbered across batches, 0 = normal) and the region count."""
+    """Flat scores, flat region labels (numbered across batches, 0 = normal) and the region count.
+
+    Args:
+        anomaly_maps: Pixel scores of shape ``(N, H, W)``, or a list of such arrays.
+        masks: Binary ground truth shaped like ``anomaly_maps``.
+        connectivity: Region connectivity, ``8`` or ``4``.
+
+    Returns:
+        ``(scores (P,), regions (P,), K)``: scores widened to at least float32, region labels
+        ``0`` (normal) or ``1..K``, and the number ``K`` of defect regions.
+    """
     map_batches, mask_batches = _batches(anomaly_maps), _batches(masks)
     if len(map_batches) != len(mask_batches) or any(m.shape != k.shape for m, k in zip(map_batches, mask_batches)):
         shapes = [m.shape for m in map_batches], [k.shape for k in mask_batches]
@@ -219,7 +240,7 @@ def pro_curve(
     Raises:
         ValueError: If the masks have no defect pixel or no normal pixel.
     """
-    scores, regions, n_regions = _flat_pixels(anomaly_maps, masks, connectivity)
+    scores, regions, n_regions = flatten_pixels(anomaly_maps, masks, connectivity)
     if n_regions == 0 or np.all(regions):
         raise ValueError("a PRO curve needs both defect and normal pixels in the masks")
     return _pro_curve_from_regions(scores, regions, n_regions)
@@ -241,7 +262,7 @@ def aupro(
     """
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    scores, regions, n_regions = _flat_pixels(anomaly_maps, masks, connectivity)
+    scores, regions, n_regions = flatten_pixels(anomaly_maps, masks, connectivity)
     if n_regions == 0 or np.all(regions):
         return NAN
     return _normalised_partial_area(*_pro_curve_from_regions(scores, regions, n_regions), fpr_limit)
@@ -264,7 +285,22 @@ def pixel_metrics(
     """
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    scores, regions, n_regions = _flat_pixels(anomaly_maps, masks, connectivity)
+    return pixel_metrics_of_regions(*flatten_pixels(anomaly_maps, masks, connectivity), fpr_limit=fpr_limit)
+
+
+def pixel_metrics_of_regions(
+    scores: np.ndarray, regions: np.ndarray, n_regions: int, *, fpr_limit: float = 0.3
+) -> dict[str, float]:
+    """:func:`pixel_metrics` of pixels already flattened by :func:`flatten_pixels`.
+
+    Args:
+        scores: Pixel scores, shape ``(P,)``.
+        regions: Region label of every pixel, shape ``(P,)``, ``0`` for normal pixels.
+        n_regions: Number of defect regions ``K`` (labels ``1..K``).
+        fpr_limit: FPR limit of AUPRO, in ``(0, 1]``.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     labels = regions > 0
     if not _both_classes(labels):
         return dict.fromkeys(PIXEL_METRICS, NAN)
@@ -322,3 +358,97 @@ def histogram_metrics(
         fpr = np.concatenate([[0.0], false_pos / n_neg])
         result["pixel_aupro"] = _normalised_partial_area(fpr, np.concatenate([[0.0], pro]), fpr_limit)
     return result
+
+
+@dataclass(frozen=True)
+class ScoreHistograms:
+    """Pixel counts over equal score bins of width ``2 ** exponent``.
+
+    Bin ``i`` holds the scores ``s`` with ``floor(s / 2 ** exponent) == origin + i``: bins sit on
+    a grid anchored at zero, so halving the resolution merges pairs of whole bins.
+
+    Attributes:
+        counts: ``(3, num_bins)`` float64: defect pixels, normal pixels, and the sum over defect
+            pixels of ``1 / size of the pixel's region`` (the inputs of :func:`histogram_metrics`).
+        exponent: Bin width ``2 ** exponent``.
+        origin: Grid index of bin 0.
+        n_regions: Number of defect regions behind ``counts[2]``.
+    """
+
+    counts: np.ndarray
+    exponent: int
+    origin: int
+    n_regions: int
+
+    def occupied(self) -> tuple[int, int]:
+        """Grid indices of the lowest and highest non-empty bin."""
+        nonzero = np.flatnonzero(self.counts[0] + self.counts[1])
+        return self.origin + int(nonzero[0]), self.origin + int(nonzero[-1])
+
+
+def _grid_index(values: np.ndarray | float, exponent: int) -> np.ndarray:
+    """``floor(value / 2 ** exponent)``, exact: scaling by a power of two only moves the exponent."""
+    return np.floor(np.ldexp(np.asarray(values, np.float64), -exponent)).astype(np.int64)
+
+
+def _fitting_exponent(low: int, high: int, exponent: int, num_bins: int) -> int:
+    """Smallest exponent from ``exponent`` on at which grid indices ``low..high`` (at ``exponent``) fit ``num_bins``."""
+    while high - low >= num_bins:
+        low, high, exponent = low >> 1, high >> 1, exponent + 1  # >> is floor division by 2 for negatives too
+    return exponent
+
+
+def score_histograms(scores: np.ndarray, regions: np.ndarray, n_regions: int, num_bins: int = 2**16) -> ScoreHistograms:
+    """Histograms of one set of pixels on the finest power-of-two bins that hold all their scores.
+
+    Args:
+        scores: Finite pixel scores, shape ``(P,)``, any range.
+        regions: Region label of every pixel, shape ``(P,)``, ``0`` for normal pixels.
+        n_regions: Number of defect regions.
+        num_bins: Number of bins, at least 2.
+
+    Returns:
+        The :class:`ScoreHistograms`; the bin width is below ``2 (max - min) / (num_bins - 1)``.
+    """
+    if num_bins < 2:
+        raise ValueError(f"num_bins must be at least 2, got {num_bins}")
+    scores = np.asarray(scores, np.float64)
+    low, high = float(scores.min()), float(scores.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("score_histograms needs finite scores")
+    # A first guess at the width, never so fine that grid indices leave int64 (2**62 from zero).
+    span = high - low if high > low else 1.0
+    exponent = max(math.ceil(math.log2(span / (num_bins - 1))) - 1, math.frexp(max(abs(low), abs(high), 1e-300))[1] - 62)
+    exponent = _fitting_exponent(int(_grid_index(low, exponent)), int(_grid_index(high, exponent)), exponent, num_bins)
+    origin = int(_grid_index(low, exponent))
+    bins = _grid_index(scores, exponent) - origin
+    defect = regions > 0
+    weights = np.zeros(scores.size)
+    weights[defect] = 1.0 / np.bincount(regions)[regions[defect]]
+    counts = np.stack([
+        np.bincount(bins[defect], minlength=num_bins),
+        np.bincount(bins[~defect], minlength=num_bins),
+        np.bincount(bins, weights=weights, minlength=num_bins),
+    ]).astype(np.float64)
+    return ScoreHistograms(counts, exponent, origin, n_regions)
+
+
+def merge_score_histograms(histograms: Sequence[ScoreHistograms], num_bins: int = 2**16) -> ScoreHistograms:
+    """Pool histograms of disjoint pixel sets on the finest common grid, exactly.
+
+    The common bin width is the largest of the inputs', doubled until all occupied bins fit in
+    ``num_bins``; each input bin falls whole into one output bin, so the result equals the
+    histogram of all pixels binned at that width directly.
+    """
+    exponent = max(h.exponent for h in histograms)
+    ranges = [tuple(index >> (exponent - h.exponent) for index in h.occupied()) for h in histograms]
+    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    final = _fitting_exponent(low, high, exponent, num_bins)
+    origin = low >> (final - exponent)
+    counts = np.zeros((3, num_bins))
+    for h in histograms:
+        target = ((h.origin + np.arange(h.counts.shape[1])) >> (final - h.exponent)) - origin
+        occupied = (h.counts[0] + h.counts[1]) > 0
+        for row in range(3):
+            counts[row] += np.bincount(target[occupied], weights=h.counts[row][occupied], minlength=num_bins)
+    return ScoreHistograms(counts, final, origin, sum(h.n_regions for h in histograms))

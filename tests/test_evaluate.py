@@ -97,14 +97,14 @@ def test_perfect_and_inverted_predictors(tmp_path: Path) -> None:
     dataset = TinyDataset({"bottle": 6, "cable": 5})
     predictor = PerfectPredictor()
     predictor.train()
-    table = evaluate(predictor, dataset, batch_size=4, progress=False, output_dir=tmp_path)
+    table = evaluate(predictor, dataset, batch_size=4, progress=False, map_sigma=0, output_dir=tmp_path)
     assert predictor.was_training and not any(predictor.was_training)
     assert list(table.index) == ["bottle", "cable", "macro", "micro"]
     assert np.allclose(table[list(METRIC_COLUMNS)].to_numpy(), 1.0)
     assert table.loc["bottle", "n_images"] == 6 and table.loc["cable", "n_anomalous"] == 2
     assert table.loc["micro", "n_images"] == 11
 
-    inverted = evaluate(inverted_predictor, dataset, batch_size=3, progress=False)
+    inverted = evaluate(inverted_predictor, dataset, batch_size=3, progress=False, map_sigma=0)
     for row in ("bottle", "cable", "macro", "micro"):
         assert inverted.loc[row, "image_auroc"] == 0.0
         assert inverted.loc[row, "pixel_auroc"] == 0.0
@@ -118,7 +118,7 @@ def test_perfect_and_inverted_predictors(tmp_path: Path) -> None:
 
 def test_values_macro_and_micro_against_references() -> None:
     dataset = TinyDataset({"bottle": 8, "cable": 7, "wood": 6}, seed=1)
-    table = evaluate(noisy_predictor, dataset, batch_size=5, progress=False)  # batches straddle categories
+    table = evaluate(noisy_predictor, dataset, batch_size=5, progress=False, map_sigma=0)  # batches straddle categories
     for category in ("bottle", "cable", "wood"):
         expected = reference_metrics(dataset, category)
         assert table.loc[category, list(METRIC_COLUMNS)].to_dict() == pytest.approx(expected, abs=1e-12)
@@ -144,7 +144,7 @@ def test_values_macro_and_micro_against_references() -> None:
     assert micro["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), stored.ravel()), abs=1e-9)
     assert micro[list(PIXEL_METRICS)].to_dict() == pytest.approx(pixel_metrics(stored, masks), abs=1e-9)
     # Stored at full precision, only the histogram bins round: still within 1e-4 of the raw scores.
-    exact = evaluate(noisy_predictor, dataset, batch_size=5, progress=False, map_dtype=np.float32)
+    exact = evaluate(noisy_predictor, dataset, batch_size=5, progress=False, map_sigma=0, map_dtype=np.float32)
     micro = exact.loc["micro"]
     assert micro["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-4)
     assert micro["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-4)
@@ -155,7 +155,7 @@ def test_values_macro_and_micro_against_references() -> None:
 
 def test_missing_masks_skip_pixel_metrics_only() -> None:
     dataset = TinyDataset({"bottle": 6, "candle": 6}, seed=2, no_mask=("candle",))
-    table = evaluate(noisy_predictor, dataset, batch_size=4, progress=False)
+    table = evaluate(noisy_predictor, dataset, batch_size=4, progress=False, map_sigma=0)
     assert all(math.isnan(table.loc["candle", column]) for column in PIXEL_METRICS)
     assert not math.isnan(table.loc["candle", "image_auroc"])
     bottle = reference_metrics(dataset, "bottle")
@@ -165,13 +165,13 @@ def test_missing_masks_skip_pixel_metrics_only() -> None:
 
 
 def test_small_maps_are_resized_to_the_masks() -> None:
-    table = evaluate(PerfectPredictor(map_size=SIZE // 2), TinyDataset({"grid": 6}), batch_size=6, progress=False)
+    table = evaluate(PerfectPredictor(map_size=SIZE // 2), TinyDataset({"grid": 6}), batch_size=6, progress=False, map_sigma=0)
     assert np.allclose(table[list(METRIC_COLUMNS)].to_numpy(), 1.0)
 
 
 def test_reduced_pixel_size_matches_manual_downsampling() -> None:
     dataset = TinyDataset({"tile": 7}, seed=3)
-    table = evaluate(noisy_predictor, dataset, batch_size=4, progress=False, pixel_size=8)
+    table = evaluate(noisy_predictor, dataset, batch_size=4, progress=False, map_sigma=0, pixel_size=8)
     images = torch.stack([item["image"] for item in dataset.items])
     maps = F.interpolate(noisy_predictor(images).anomaly_map[:, None], size=8, mode="bilinear", antialias=True)[:, 0]
     masks = F.max_pool2d(images[:, :1], 2)[:, 0] > 0.5
@@ -204,8 +204,6 @@ def test_accumulator_frees_complete_categories_and_validates() -> None:
         metrics.update(maps.amax((1, 2)), torch.tensor([0, 2, 1, 1]), maps, masks, category="b")
     with pytest.raises(ValueError, match="NaN"):
         metrics.update(maps.amax((1, 2)), labels, maps * float("nan"), masks, category="c")
-    with pytest.warns(UserWarning, match="score_range"):
-        metrics.update(maps.amax((1, 2)), labels, maps + 1, masks, category="d")
     with pytest.raises(ValueError, match="no batches"):
         AnomalyMetrics().compute()
 
@@ -213,11 +211,11 @@ def test_accumulator_frees_complete_categories_and_validates() -> None:
 def test_counts_from_dataset_samples_free_categories_early() -> None:
     dataset = TinyDataset({"bottle": 4, "cable": 4})
     dataset.samples = [SimpleNamespace(category=item["category"]) for item in dataset.items]
-    table = evaluate(PerfectPredictor(), dataset, batch_size=3, progress=False)
+    table = evaluate(PerfectPredictor(), dataset, batch_size=3, progress=False, map_sigma=0)
     assert table.loc["bottle", "pixel_aupro"] == 1.0
     dataset.samples = dataset.samples[1:]  # claims 3 bottles, yields 4: the counts are really used
     with pytest.raises(ValueError, match="'bottle' got more images after it was finalised with 3"):
-        evaluate(PerfectPredictor(), dataset, batch_size=3, progress=False)
+        evaluate(PerfectPredictor(), dataset, batch_size=3, progress=False, map_sigma=0)
 
 
 def test_normal_images_without_mask_count_as_all_normal() -> None:
@@ -239,3 +237,58 @@ def test_format_percent() -> None:
     formatted = format_percent(table, decimals=1)
     assert formatted.loc["a", "image_auroc"] == 98.8 and math.isnan(formatted.loc["macro", "image_auroc"])
     assert formatted["n_images"].tolist() == [10, 20] and table.loc["a", "image_auroc"] == 0.98765
+
+
+# ---- map smoothing (map_sigma) and maps that are not probabilities
+def test_maps_are_smoothed_at_the_output_resolution_before_any_resize() -> None:
+    from scipy import ndimage
+
+    dataset = TinyDataset({"tile": 7}, seed=4)
+    table = evaluate(noisy_predictor, dataset, batch_size=3, progress=False, pixel_size=8, map_sigma=1.5,
+                     map_dtype=np.float32)
+    images = torch.stack([item["image"] for item in dataset.items])
+    maps = noisy_predictor(images).anomaly_map.double().numpy()
+    smoothed = np.stack([ndimage.gaussian_filter(m, 1.5) for m in maps])  # the field's scipy call, at 16 px
+    resized = resize_maps(torch.from_numpy(smoothed).float(), 8).numpy()  # then down to the stored 8 px
+    masks = resize_masks(images[:, 0], 8).numpy()
+    assert table.loc["tile", list(PIXEL_METRICS)].to_dict() == pytest.approx(pixel_metrics(resized, masks), abs=1e-6)
+    swapped = np.stack([ndimage.gaussian_filter(m, 1.5) for m in resize_maps(torch.from_numpy(maps).float(), 8).numpy()])
+    assert table.loc["tile", "pixel_aupro"] != pytest.approx(pixel_metrics(swapped, masks)["pixel_aupro"], abs=1e-6)
+
+
+def test_the_table_records_its_map_sigma_in_every_writer(tmp_path: Path) -> None:
+    dataset = TinyDataset({"bottle": 6})
+    default = evaluate(noisy_predictor, dataset, batch_size=6, progress=False, output_dir=tmp_path)
+    assert default.attrs["map_sigma"] == 4.0 and (default["map_sigma"] == 4.0).all()
+    explicit = evaluate(noisy_predictor, dataset, batch_size=6, progress=False, map_sigma=4)
+    pd.testing.assert_frame_equal(default, explicit)
+    unsmoothed = evaluate(noisy_predictor, dataset, batch_size=6, progress=False, map_sigma=0)
+    assert unsmoothed.loc["bottle", "pixel_aupro"] != default.loc["bottle", "pixel_aupro"]
+    assert unsmoothed.loc["bottle", "image_auroc"] == default.loc["bottle", "image_auroc"]  # image scores untouched
+    assert pd.read_csv(tmp_path / "metrics.csv", index_col="category")["map_sigma"].tolist() == [4.0] * 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["micro"]["map_sigma"] == 4.0
+    with pytest.raises(ValueError, match="map sigma must be a finite number >= 0"):
+        evaluate(noisy_predictor, dataset, progress=False, map_sigma=-2)
+
+
+def margin_predictor(images: Tensor) -> AnomalyPrediction:
+    """Logit margins in [-20, 20]: far outside [0, 1], the old histogram range."""
+    maps = 40.0 * (0.6 * images[:, 2] + 0.3 * images[:, 0]) - 20.0
+    return AnomalyPrediction(pred_score=maps.amax(dim=(1, 2)), anomaly_map=maps)
+
+
+def test_micro_pixel_metrics_of_logit_margins_agree_with_sklearn() -> None:
+    dataset = TinyDataset({"bottle": 8, "cable": 7, "wood": 6}, seed=5)
+    table = evaluate(margin_predictor, dataset, batch_size=5, progress=False, map_sigma=0)
+    images = torch.stack([item["image"] for item in dataset.items])
+    stored = margin_predictor(images).anomaly_map.numpy().astype(np.float16).astype(np.float64)
+    assert stored.min() < -10 and stored.max() > 10
+    masks = images[:, 0].numpy() > 0.5
+    micro = table.loc["micro"]
+    # float16 margins of magnitude >= 1 are multiples of 2**-10, the merged bin width: only the few
+    # between -1 and 1 can share a bin with another value.
+    assert micro["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), stored.ravel()), abs=1e-6)
+    assert micro["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), stored.ravel()), abs=1e-6)
+    assert micro[list(PIXEL_METRICS)].to_dict() == pytest.approx(pixel_metrics(stored, masks), abs=1e-6)
+    per_category = pixel_metrics(stored[8:15], masks[8:15])  # rank metrics do not care about the range
+    assert table.loc["cable", list(PIXEL_METRICS)].to_dict() == pytest.approx(per_category, abs=1e-12)

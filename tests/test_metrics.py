@@ -12,15 +12,20 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from feclip.metrics import (
     PIXEL_METRICS,
+    ScoreHistograms,
     aupro,
     auroc,
     average_precision,
     f1_max,
+    flatten_pixels,
     histogram_metrics,
     image_metrics,
     label_regions,
+    merge_score_histograms,
     pixel_metrics,
+    pixel_metrics_of_regions,
     pro_curve,
+    score_histograms,
 )
 
 
@@ -199,3 +204,76 @@ def test_histogram_metrics_are_exact_on_binned_scores() -> None:
     assert result["pixel_f1max"] == pytest.approx(brute_force_f1_max(bins, labels), abs=1e-12)
     assert math.isnan(result["pixel_aupro"])  # no region weights given
     assert all(math.isnan(v) for v in histogram_metrics(positives * 0, negatives).values())
+
+
+def _direct_histogram(scores: np.ndarray, regions: np.ndarray, exponent: int, origin: int, num_bins: int) -> np.ndarray:
+    """Slow twin: every pixel's bin from floor(score / 2**exponent), counted one pixel at a time."""
+    counts = np.zeros((3, num_bins))
+    sizes = np.bincount(regions)
+    for score, region in zip(scores.tolist(), regions.tolist()):
+        index = math.floor(score / 2.0**exponent) - origin
+        counts[0 if region else 1, index] += 1
+        counts[2, index] += 1 / sizes[region] if region else 0.0
+    return counts
+
+
+def _fits(scores: np.ndarray, exponent: int, num_bins: int) -> bool:
+    grid = np.floor(scores / 2.0**exponent)
+    return grid.max() - grid.min() < num_bins
+
+
+def test_score_histograms_use_the_finest_power_of_two_grid_that_holds_the_scores() -> None:
+    rng = np.random.default_rng(8)
+    masks = random_masks(rng, 3, 10)
+    for maps, num_bins in ((rng.random(masks.shape), 64), (rng.normal(0, 8, masks.shape), 100),
+                           (rng.random(masks.shape) * 1e-3 - 5e-4, 7), (np.full(masks.shape, 3.25), 16)):
+        scores, regions, n_regions = flatten_pixels(maps, masks)
+        histograms = score_histograms(scores, regions, n_regions, num_bins)
+        assert histograms.counts.shape == (3, num_bins) and histograms.n_regions == n_regions
+        expected = _direct_histogram(scores, regions, histograms.exponent, histograms.origin, num_bins)
+        np.testing.assert_allclose(histograms.counts, expected, rtol=0, atol=1e-9)
+        assert _fits(scores, histograms.exponent, num_bins)
+        if scores.max() > scores.min():  # one step finer would not hold them
+            assert not _fits(scores, histograms.exponent - 1, num_bins)
+
+
+def test_merged_histograms_equal_binning_all_pixels_at_the_merged_width() -> None:
+    rng = np.random.default_rng(9)
+    parts = []
+    for offset, scale in ((0.0, 1.0), (-20.0, 40.0), (0.4, 0.01)):  # probabilities, margins, a narrow band
+        masks = random_masks(rng, 2, 12)
+        parts.append(flatten_pixels(offset + scale * rng.random(masks.shape), masks))
+    for num_bins in (2**16, 50):
+        merged = merge_score_histograms([score_histograms(*part, num_bins) for part in parts], num_bins)
+        scores = np.concatenate([part[0] for part in parts])
+        offsets = np.cumsum([0] + [part[2] for part in parts[:-1]])  # number regions across the parts
+        regions = np.concatenate([np.where(part[1] > 0, part[1] + off, 0) for part, off in zip(parts, offsets)])
+        expected = _direct_histogram(scores, regions, merged.exponent, merged.origin, num_bins)
+        np.testing.assert_allclose(merged.counts, expected, rtol=0, atol=1e-9)
+        assert merged.n_regions == sum(part[2] for part in parts)
+        assert _fits(scores, merged.exponent, num_bins) and not _fits(scores, merged.exponent - 1, num_bins)
+        assert isinstance(merged, ScoreHistograms)
+
+
+def test_pooled_logit_margins_agree_with_sklearn() -> None:
+    # Maps that are not probabilities (logit margins in [-20, 20]): the bins follow the data's range.
+    rng = np.random.default_rng(10)
+    masks = random_masks(rng, 8, 24)
+    maps = np.clip(rng.normal(-4.0, 6.0, masks.shape) + 9.0 * masks, -20, 20)
+    halves = [flatten_pixels(maps[:4], masks[:4]), flatten_pixels(maps[4:], masks[4:])]
+    merged = merge_score_histograms([score_histograms(*half) for half in halves])
+    result = histogram_metrics(*merged.counts, merged.n_regions)
+    binned = np.floor(maps / 2.0**merged.exponent).ravel()  # the scores as the bins see them
+    assert merged.exponent == -10  # 40 units over 2**16 bins: 2**-10 wide
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), binned), abs=1e-12)
+    assert result["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), binned), abs=1e-12)
+    assert result["pixel_f1max"] == pytest.approx(brute_force_f1_max(binned, masks.ravel()), abs=1e-12)
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-4)
+    assert result == pytest.approx(pixel_metrics(maps, masks), abs=1e-4)
+
+
+def test_pixel_metrics_of_regions_is_pixel_metrics_of_flattened_pixels() -> None:
+    rng = np.random.default_rng(11)
+    masks = random_masks(rng, 3, 10)
+    maps = rng.random(masks.shape) + 0.5 * masks
+    assert pixel_metrics_of_regions(*flatten_pixels(maps, masks)) == pixel_metrics(maps, masks)
