@@ -146,3 +146,31 @@ def test_options_change_what_they_say(tiny_clip, winclip, image) -> None:
     with pytest.raises(ValueError, match="tokenizer"):
         WinClip(clip)
     assert np.isclose(float(winclip.window_masks[0].sum()), 121 * 4)
+
+
+def test_stride_and_temperature_change_the_values(tiny_clip, winclip, image) -> None:
+    """Scale 3, stride 2 on the 12x12 grid: window rows/columns start at 0, 2, 4, 6, 8 and the flush 9."""
+    clip, _ = tiny_clip
+    tau = 0.5
+    strided = WinClip(clip, text_features=winclip.text_features, scales=(3,), stride=2, temperature=tau)
+    features, out = strided.encode(image), strided(image)
+    starts = [0, 2, 4, 6, 8, 9]
+    assert features.window_embeddings[0].shape == (1, 36, 64)
+
+    def window_score(row: int, col: int) -> float:
+        """The window's CLS embedding from a plain forward of its own tokens, scored at temperature tau."""
+        with torch.no_grad():
+            tokens = embed_images(clip.visual, image)
+            patches = torch.tensor([r * 12 + c for r in range(row, row + 3) for c in range(col, col + 3)])
+            sequence = tokens[:, torch.cat([torch.zeros(1, dtype=torch.long), patches + 1])]
+            embedding = clip.visual.ln_post(clip.visual.transformer(sequence)[:, 0]) @ clip.visual.proj
+        cosine = F.normalize(embedding.double(), dim=-1) @ F.normalize(strided.text_features.double(), dim=-1).T
+        return float((cosine / tau).softmax(dim=-1)[0, 1])
+
+    # Patch (11, 11) lies only in the window starting at (9, 9); patch (10, 2) in those starting at rows 8, 9 x columns 0, 2.
+    assert out.scale_maps[1, 0, 11, 11].item() == pytest.approx(window_score(9, 9), abs=1e-5)
+    covering = [window_score(r, c) for r in (8, 9) for c in (0, 2)]
+    assert out.scale_maps[1, 0, 10, 2].item() == pytest.approx(float(hmean(covering)), abs=1e-5)
+    assert sorted({int(i) // 12 for i in strided.window_indices[0][:, 0]}) == starts  # top-left rows of the windows
+    cosine = F.normalize(features.image_embedding.double(), dim=-1) @ F.normalize(strided.text_features.double(), dim=-1).T
+    torch.testing.assert_close(out.pred_score.double(), (cosine / tau).softmax(dim=-1)[:, 1], atol=1e-6, rtol=0)
