@@ -18,9 +18,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport (dev extra)
+    import tomli as tomllib
 
 import pytest
 import yaml
