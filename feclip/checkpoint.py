@@ -57,6 +57,7 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
     "trained_state_dict",
+    "upgrade_config",
 ]
 
 CHECKPOINT_FORMAT = 2
@@ -302,8 +303,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"this feclip reads format {CHECKPOINT_FORMAT} or older: upgrade feclip"
         )
     if metadata.get("format", 0) < 2 and "config" in metadata:
-        metadata["config"] = {**_FORMAT_1_MEANING, **metadata["config"]}
+        metadata["config"] = upgrade_config(metadata["config"])
     return metadata
+
+
+def upgrade_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict written before format 2 (it has no ``fc_patch_init``), read as what it was trained with."""
+    return values if "fc_patch_init" in values else {**_FORMAT_1_MEANING, **values}
 
 
 def _load_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
@@ -374,6 +380,7 @@ def load_feclip(
     *,
     pretrained: str | None = None,
     cache_dir: str | None = None,
+    quick_gelu: bool | None = None,
 ) -> FEClip:
     """Rebuild an FE-CLIP model from a checkpoint, backbone included.
 
@@ -385,6 +392,7 @@ def load_feclip(
         pretrained: Where to load the backbone's weights from instead of the stored tag, e.g. a
             local ``open_clip_pytorch_model.bin`` when the hub is unreachable.
         cache_dir: Optional weights cache directory.
+        quick_gelu: The activation of a ``pretrained`` weights file, for a checkpoint that did not record it.
 
     Returns:
         The model in eval mode on ``device``.
@@ -405,7 +413,7 @@ def load_feclip(
             seed=metadata.get("backbone_seed") or 0,
             device=device,
             cache_dir=cache_dir,
-            quick_gelu=config.quick_gelu,
+            quick_gelu=quick_gelu if quick_gelu is not None else config.quick_gelu,
         )
     elif tokenizer is None:
         tokenizer = open_clip.get_tokenizer(config.backbone)

@@ -1,8 +1,9 @@
 """The ``feclip`` command line: ``synth``, ``train``, ``eval`` and ``predict``.
 
 Every library error a user can cause (a missing path, an unknown dataset kind, a checkpoint
-for another model, unreachable weights) is printed as one ``feclip: error: ...`` line on
-stderr with exit status 1; ``--debug`` (or ``FECLIP_DEBUG=1``) shows the traceback instead.
+for another model, unreachable weights, a validation set on the target) is printed as one
+``feclip: error: ...`` line on stderr with exit status 1; ``--debug`` (or ``FECLIP_DEBUG=1``)
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ RUN_FILE = "run.json"
 _MODEL_FLAGS = {  # command-line flag -> FEClipConfig field
     "taps": "tap_indices", "lambda_fuse": "lambda_fuse", "ffe_window": "ffe_window",
     "lfs_window": "lfs_window", "lfs_statistic": "lfs_statistic", "basis": "basis",
+    "fc_patch_init": "fc_patch_init", "map_score": "map_score", "resize_mode": "resize_mode",
 }
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "fc_patch_lr", "seed", "num_workers", "device", "amp")
+# Share of the training set the smoke run holds out for validation (stratified per category and label).
+SMOKE_VAL_FRACTION = 0.25
 
 
 def _say(message: str) -> None:
@@ -42,11 +46,18 @@ def _is_main_process() -> bool:
 
 # --------------------------------------------------------------------------- parser
 
+
+def _smoke_sizes() -> str:
+    from feclip.profiles import SMOKE
+
+    return f"{SMOKE.epochs} epochs, batch {SMOKE.batch_size}"
+
+
 _EXAMPLES = {
     "main": """examples:
   feclip synth --out data/synthetic
   feclip train --out runs/demo                       # smoke run on the synthetic benchmark
-  feclip train --train visa:data/visa --val mvtec:data/mvtec --out runs/visa2mvtec
+  feclip train --train visa:data/visa --val-fraction 0.1 --target mvtec:data/mvtec --out runs/visa2mvtec
   torchrun --nproc_per_node=2 -m feclip train --train visa:data/visa --out runs/ddp
   feclip eval --ckpt runs/visa2mvtec/last.safetensors --data mvtec:data/mvtec
   feclip predict --ckpt runs/visa2mvtec/last.safetensors my_images/ --out heatmaps/
@@ -61,27 +72,42 @@ Add --debug (or set FECLIP_DEBUG=1) to see a traceback instead of the one-line e
 and masks), evaluate on a target never seen in training: VisA for MVTec AD, MVTec AD for VisA,
 synthetic objects for synthetic textures.
 
+validation (it picks best.safetensors, so it is part of training) comes from the auxiliary
+side only: --val-fraction F holds out F of the training set (stratified per category and
+label, seeded by --seed), or --val SPEC names another auxiliary data set. Refused: a --val
+that shares images with --train, and, when --target names the data set the run will be
+evaluated on, a --train or --val sharing categories with it. feclip eval refuses to score a
+best.safetensors on data sharing categories with its validation set.
+
 Without --train this is a smoke run: the synthetic benchmark (generated under the smoke
-profile's data root if absent) trains on objects and validates on textures, at the smoke
-profile's sizes (3 epochs, batch 8) unless --epochs / --batch-size say otherwise; when no
---backbone is given and the ViT-L-14-336 OpenAI weights cannot be reached, the randomly
-initialised feclip-tiny backbone is used and a line on stderr says so.
+profile's data root if absent) trains on objects, validates on a held-out quarter of them and
+names textures as the target, at the smoke profile's sizes (SMOKE_SIZES) unless --epochs /
+--batch-size say otherwise; when no --backbone is given and the ViT-L-14-336 OpenAI weights
+cannot be reached, the randomly initialised feclip-tiny backbone is used and a line on stderr
+says so.
 
 Every epoch writes RUN_DIR/last.safetensors (+ .json), RUN_DIR/last.state.pt and
-RUN_DIR/history.{csv,json}; with --val also best.safetensors. After an interruption,
+RUN_DIR/history.{csv,json}; with validation also best.safetensors. After an interruption,
 run the same command with --resume (the data and model flags are read from RUN_DIR/run.json).
 
 examples:
   feclip train --out runs/demo
-  feclip train --train visa:data/visa --val mvtec:data/mvtec --out runs/visa2mvtec
+  feclip train --train visa:data/visa --val-fraction 0.1 --target mvtec:data/mvtec --out runs/visa2mvtec
   feclip train --train mvtec:data/mvtec --out runs/mvtec2visa --taps spread_5 --epochs 5
+  feclip train --train visa:data/visa --pretrained ViT-B-16.bin --backbone ViT-B-16 --no-quick-gelu --out runs/b16
   feclip train --out runs/visa2mvtec --resume
   torchrun --nproc_per_node=4 -m feclip train --train visa:data/visa --out runs/ddp""",
-    "eval": """examples:
+    "eval": """maps are smoothed with a Gaussian of --map-sigma pixels (default 4, as most zero-shot papers'
+evaluation code; 0: off) before the pixel metrics; the table records the sigma, the resize mode
+and the map score.
+
+examples:
   feclip eval --ckpt runs/visa2mvtec/last.safetensors --data mvtec:data/mvtec
+  feclip eval --ckpt runs/visa2mvtec --data mvtec:data/mvtec --map-score logit_margin --map-sigma 0
   feclip eval --ckpt runs/demo --data synth:~/.cache/feclip/synthetic/textures --out results/""",
-    "predict": """writes one heatmap overlay PNG per image (anomaly probability, blue 0 to red 1) and
-scores.csv (image score, maximum pixel score) to --out.
+    "predict": """writes one heatmap overlay PNG per image (blue: the lowest possible map value, red: the highest;
+0 and 1 for probabilities) and scores.csv (image score, maximum pixel score of the map smoothed
+with --map-sigma, and the settings used) to --out.
 
 examples:
   feclip predict --ckpt runs/visa2mvtec/last.safetensors photo.png --out heatmaps/
@@ -95,19 +121,36 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def _add_runtime(parser: argparse.ArgumentParser, batch_size: int | None = 8) -> None:
     parser.add_argument("--device", default=None, metavar="DEVICE", help="auto (CUDA if available), cpu, cuda, cuda:1 (default: auto)")
-    default = f"default: {batch_size}" if batch_size else "default: 16; smoke run: 8"
+    from feclip.profiles import SMOKE
+
+    default = f"default: {batch_size}" if batch_size else f"default: 16; smoke run: {SMOKE.batch_size}"
     parser.add_argument("--batch-size", type=int, default=batch_size, metavar="N", help=f"images per batch ({default})")
     parser.add_argument("--num-workers", type=int, default=None, metavar="N", help="DataLoader worker processes")
+
+
+def _add_quick_gelu(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                        help="the activation of a --pretrained weights file that cannot tell (OpenAI's: QuickGELU; "
+                             "LAION's and most others: GELU); default: decided from the tag or the file")
 
 
 def _add_checkpoint_input(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint .safetensors, or a run folder (its last.safetensors)")
     parser.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE",
                         help="load the backbone's weights from here instead of the checkpoint's tag (e.g. a local .bin)")
+    _add_quick_gelu(parser)
+    parser.add_argument("--resize-mode", choices=("squash", "crop"),
+                        help="how images are fitted to the input size (default: the one the checkpoint was trained with)")
+    parser.add_argument("--map-score", choices=("probability", "logit_margin"),
+                        help="the map: tap mean of the softmax probabilities or of the logit margins (default: the checkpoint's)")
+    parser.add_argument("--map-sigma", type=float, default=4.0, metavar="S",
+                        help="Gaussian smoothing of the maps in pixels, 0: off (default: 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``feclip`` argument parser with its four subcommands."""
+    from feclip.data import FAMILIES
+    from feclip.profiles import SMOKE
     parser = argparse.ArgumentParser(
         prog="feclip",
         description="Zero-shot industrial anomaly detection with FE-CLIP (frequency-enhanced CLIP).",
@@ -119,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     synth = commands.add_parser("synth", help="write the synthetic defect benchmark (MVTec layout)",
-                                description="Write the synthetic defect benchmark: textures/ and objects/, each an MVTec-layout root.",
+                                description="Write the synthetic defect benchmark: one MVTec-layout root per family (textures/, objects/, ...).",
                                 epilog=_EXAMPLES["synth"], formatter_class=_formatter)
     synth.add_argument("--out", required=True, type=Path, metavar="DIR", help="benchmark root to write")
-    synth.add_argument("--family", choices=("both", "textures", "objects"), default="both", help="which family (default: both)")
+    synth.add_argument("--family", choices=("all", "both", *FAMILIES), default="all",
+                       help="which family; both: textures and objects, the smoke run's pair (default: all)")
     synth.add_argument("--seed", type=int, default=0, help="seed of every image (default: 0)")
     synth.add_argument("--image-size", type=int, default=96, help="image side in pixels (default: 96)")
     synth.add_argument("--n-train-good", type=int, default=8, help="normal train images per category (default: 8)")
@@ -131,19 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train FE-CLIP's adapters (checkpoints every epoch, resumable)",
                                 description="Train FE-CLIP's frequency adapters on an auxiliary data set.",
-                                epilog=_EXAMPLES["train"], formatter_class=_formatter)
+                                epilog=_EXAMPLES["train"].replace("SMOKE_SIZES", _smoke_sizes()), formatter_class=_formatter)
     train.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder for checkpoints and history")
     train.add_argument("--train", metavar="SPEC", help="training data KIND:PATH (its test split); default: synthetic objects")
-    train.add_argument("--val", metavar="SPEC", help="validation data KIND:PATH, evaluated after every epoch")
+    validation = train.add_mutually_exclusive_group()
+    validation.add_argument("--val-fraction", type=float, metavar="F",
+                            help="hold out this fraction of the training set for validation (stratified, seeded by --seed)")
+    validation.add_argument("--val", metavar="SPEC", help="another AUXILIARY data set KIND:PATH to validate on (never the target)")
+    train.add_argument("--target", metavar="SPEC", help="the data set this run will be evaluated on: checked to share no "
+                                                        "category with --train or --val, and recorded")
     train.add_argument("--backbone", metavar="NAME", help=f"open_clip model name (default: {DEFAULT_BACKBONE})")
     train.add_argument("--pretrained", metavar="TAG_OR_FILE", help=f"pretrained tag or weights file, 'none' for random weights (default: {DEFAULT_PRETRAINED})")
+    _add_quick_gelu(train)
     train.add_argument("--taps", metavar="LIST", help="tapped blocks, e.g. 15,18,21,23, or a tap set: spread_3, spread_5, last4 (default: spread_3)")
     train.add_argument("--lambda", dest="lambda_fuse", type=float, metavar="X", help="fusion weight of the adapters (default: 0.1)")
     train.add_argument("--ffe-window", type=int, metavar="P", help="FFE window P (default: 3)")
     train.add_argument("--lfs-window", type=int, metavar="Q", help="LFS window Q (default: 3)")
     train.add_argument("--lfs-statistic", choices=("mean", "abs", "power"), help="LFS statistic (default: mean)")
     train.add_argument("--basis", choices=("dct", "dft"), help="frequency basis (default: dct)")
-    train.add_argument("--epochs", type=int, metavar="N", help="epochs (default: 9; smoke run: 3)")
+    train.add_argument("--fc-patch-init", choices=("random", "clip"),
+                       help="start of fc_patch: random (the reference's default) or CLIP's projection (default: random)")
+    train.add_argument("--map-score", choices=("probability", "logit_margin"), help="reported map (default: probability)")
+    train.add_argument("--resize-mode", choices=("squash", "crop"),
+                       help="fit images to the input: squash (both sides) or crop (shorter side, centre crop) (default: squash)")
+    train.add_argument("--epochs", type=int, metavar="N", help=f"epochs (default: 9; smoke run: {SMOKE.epochs})")
     train.add_argument("--lr", type=float, metavar="X", help="adapter learning rate (default: 5e-4)")
     train.add_argument("--fc-patch-lr", type=float, metavar="X", help="fc_patch learning rate (default: 5e-6)")
     train.add_argument("--seed", type=int, metavar="N", help="seed of the adapters' initialisation and the data order (default: 0)")
@@ -213,10 +268,11 @@ def _run_record(run_dir: Path) -> dict[str, Any]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from feclip.backbones import TINY_MODEL, pretrained_available
-    from feclip.checkpoint import CheckpointMismatch, build_backbone, config_differences, read_metadata
+    from feclip.checkpoint import CheckpointMismatch, build_backbone, config_differences, read_metadata, upgrade_config
     from feclip.data import build_dataset, transforms_for_clip
     from feclip.model import FEClip, FEClipConfig
     from feclip.profiles import SMOKE
+    from feclip.protocol import check_training_data, data_record
     from feclip.train import DistributedContext, TrainConfig, resolve_resume, train
     from feclip.vit import check_vit
 
@@ -225,12 +281,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if state is not None:
         record = _run_record(state.parent)
     train_spec, val_spec = args.train or record.get("train"), args.val or record.get("val")
+    val_fraction = args.val_fraction if args.val_fraction is not None else record.get("val_fraction")
+    target_spec = args.target or record.get("target")
     demo = train_spec is None
-    model_config = FEClipConfig(**{**FEClipConfig().to_dict(), **record.get("model", {})})
+    saved_model = upgrade_config(record["model"]) if "model" in record else {}  # an older run.json: what it trained
+    model_config = FEClipConfig(**{**FEClipConfig().to_dict(), **saved_model})
     train_config = TrainConfig.from_dict(record["train_config"]) if "train_config" in record else TrainConfig()
     if demo and "train_config" not in record:
         train_config = dataclasses.replace(train_config, epochs=SMOKE.epochs, batch_size=SMOKE.batch_size,
                                            num_workers=SMOKE.num_workers)
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
 
     backbone = args.backbone or (model_config.backbone if record else DEFAULT_BACKBONE)
     if args.pretrained is not None:
@@ -253,8 +314,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if distributed.world_size > 1:
                 torch.distributed.barrier()
             train_spec = f"synth:{root / SMOKE.train_dataset.split('-')[-1]}"
-            val_spec = val_spec or f"synth:{root / SMOKE.eval_dataset.split('-')[-1]}"
-        clip, tokenizer = build_backbone(backbone, pretrained, seed=0)
+            target_spec = target_spec or f"synth:{root / SMOKE.eval_dataset.split('-')[-1]}"
+            if val_spec is None and val_fraction is None:
+                val_fraction = SMOKE_VAL_FRACTION
+        quick_gelu = args.quick_gelu if args.quick_gelu is not None else model_config.quick_gelu
+        clip, tokenizer = build_backbone(backbone, pretrained, seed=0, quick_gelu=quick_gelu)
         try:
             depth = len(check_vit(clip).transformer.resblocks)
         except TypeError as err:  # a backbone FE-CLIP cannot tap (no ViT image tower)
@@ -262,13 +326,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = {field: getattr(args, flag) for flag, field in _MODEL_FLAGS.items() if getattr(args, flag) is not None}
         if "tap_indices" in overrides:
             overrides["tap_indices"] = _parse_taps(overrides["tap_indices"], depth)
-        model_config = dataclasses.replace(model_config, backbone=backbone, pretrained=pretrained, **overrides)
-        torch.manual_seed(train_config.seed)  # the adapters' initialisation
+        model_config = dataclasses.replace(model_config, backbone=backbone, pretrained=pretrained, backbone_seed=0,
+                                           quick_gelu=None, **overrides)
+        torch.manual_seed(train_config.seed)  # the adapters' and fc_patch's initialisation
         model = FEClip(clip, tokenizer, model_config)
-        model.backbone_seed = 0
-        transform = transforms_for_clip(clip)
+        transform = transforms_for_clip(clip, resize_mode=model.config.resize_mode)
         train_set = build_dataset(train_spec, split="test", transform=transform)
         val_set = build_dataset(val_spec, split="test", transform=transform) if val_spec else None
+        if val_fraction is not None:
+            train_set, val_set = train_set.holdout(val_fraction, seed=train_config.seed)
+        target_set = build_dataset(target_spec, split="test", transform=transform) if target_spec else None
+        check_training_data(train_set, val_set, target_set)
+        run_info = {"train": data_record(train_spec, train_set),
+                    "val": data_record(val_spec, val_set, **({"holdout_fraction": val_fraction} if val_fraction else {})),
+                    "target": data_record(target_spec, target_set)}
         if state is not None and (state.parent / "last.safetensors").is_file():
             saved = read_metadata(state.parent / "last.safetensors")["config"]
             problems = config_differences(saved, model.config)
@@ -276,13 +347,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise CheckpointMismatch(f"cannot resume from {state}: " + "; ".join(problems))
         if distributed.is_main:
             args.out.mkdir(parents=True, exist_ok=True)
-            record = {"feclip_version": __version__, "train": train_spec, "val": val_spec,
-                      "model": model.config.to_dict(), "backbone_seed": 0, "train_config": train_config.to_dict()}
+            record = {"feclip_version": __version__, "train": train_spec, "val": val_spec, "val_fraction": val_fraction,
+                      "target": target_spec, "model": model.config.to_dict(), "train_config": train_config.to_dict()}
             (args.out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            validation = (f", validating on {len(val_set)} held-out images" if val_fraction else
+                          f", validating on {val_spec}" if val_spec else "")
             print(f"training {model.config.backbone} ({model.config.pretrained or 'random init'}) taps "
-                  f"{model.tap_indices} on {train_spec} ({len(train_set)} images) for {train_config.epochs} epoch(s) -> {args.out}")
+                  f"{model.tap_indices} on {train_spec} ({len(train_set)} images{validation}) for "
+                  f"{train_config.epochs} epoch(s) -> {args.out}")
         history = train(model, train_set, train_config, out_dir=args.out, val_dataset=val_set,
-                        resume=args.resume, progress=not args.quiet)
+                        resume=args.resume, progress=not args.quiet, run_info=run_info)
     finally:
         distributed.close()
     if distributed.is_main and len(history):
@@ -294,42 +368,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, torch.device]:
+    """The checkpoint's model on the asked device, with the ``--map-score`` / ``--resize-mode`` overrides."""
     from feclip.checkpoint import load_feclip
     from feclip.train import resolve_device
 
     device = resolve_device(args.device or "auto")
-    return load_feclip(args.ckpt, device=device, pretrained=_parse_pretrained(args.pretrained)), device
+    model = load_feclip(args.ckpt, device=device, pretrained=_parse_pretrained(args.pretrained), quick_gelu=args.quick_gelu)
+    for flag in ("map_score", "resize_mode"):  # how the model reports and reads images; not what it learnt
+        if getattr(args, flag) is not None:
+            setattr(model.config, flag, getattr(args, flag))
+    return model, device
+
+
+def _write_table(table: Any, out: Path) -> None:
+    """``metrics.csv`` and ``metrics.json`` (NaN as null), each written atomically."""
+    from feclip.checkpoint import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.csv", lambda tmp: table.to_csv(tmp))
+    records = table.astype(object).where(table.notna(), None).to_dict(orient="index")
+    atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from feclip.checkpoint import checkpoint_paths
+    from feclip.checkpoint import checkpoint_paths, read_metadata
     from feclip.data import build_dataset, transforms_for_clip
     from feclip.evaluate import evaluate, format_percent
+    from feclip.protocol import check_evaluation
 
     model, device = _load_model(args)
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
-    dataset = build_dataset(args.data, split="test", categories=categories, transform=transforms_for_clip(model.clip))
+    transform = transforms_for_clip(model.clip, resize_mode=model.config.resize_mode)
+    dataset = build_dataset(args.data, split="test", categories=categories, transform=transform)
     weights, _ = checkpoint_paths(args.ckpt)
+    for warning in check_evaluation(read_metadata(weights).get("extra", {}), dataset):
+        _say(f"warning: {warning}")
     kind, _, data_path = args.data.partition(":")
     out = args.out or weights.parent / f"eval_{kind}_{Path(data_path).expanduser().resolve().name}"
     table = evaluate(model, dataset, batch_size=args.batch_size, num_workers=args.num_workers or 0, device=device,
-                     pixel_size=args.pixel_size, progress=not args.quiet, output_dir=out)
+                     pixel_size=args.pixel_size, progress=not args.quiet, map_sigma=args.map_sigma)
+    table["resize_mode"], table["map_score"] = model.config.resize_mode, model.config.map_score
+    _write_table(table, out)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(format_percent(table).to_string())
     print(f"metrics written to {out / 'metrics.csv'} and {out / 'metrics.json'}")
     return 0
 
 
-def _overlay(image: Any, anomaly_map: np.ndarray, alpha: float) -> Any:
-    """Blend a ``(h, w)`` probability map, coloured with ``jet`` over ``[0, 1]``, onto an RGB PIL image."""
+def _overlay(image: Any, anomaly_map: np.ndarray, alpha: float, value_range: tuple[float, float] = (0.0, 1.0)) -> Any:
+    """Blend a ``(h, w)`` map, coloured with ``jet`` over ``value_range``, onto an RGB PIL image."""
     from matplotlib import colormaps
     from PIL import Image
 
     resized = torch.nn.functional.interpolate(torch.from_numpy(anomaly_map)[None, None].float(),
                                               size=(image.height, image.width), mode="bilinear", align_corners=False)
-    heat = colormaps["jet"](resized[0, 0].clamp(0, 1).numpy())[..., :3]
+    low, high = value_range
+    heat = colormaps["jet"](((resized[0, 0] - low) / (high - low)).clamp(0, 1).numpy())[..., :3]
     blended = (1 - alpha) * np.asarray(image, dtype=np.float64) / 255 + alpha * heat
     return Image.fromarray(np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8))
 
@@ -339,51 +435,57 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from feclip.data import AnomalyDataset, Sample, build_dataset, load_rgb, transforms_for_clip
+    from feclip.postprocess import smooth_anomaly_maps
 
     if not 0 <= args.alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     if not args.input.exists():
         raise FileNotFoundError(f"input not found: {args.input}")
     model, device = _load_model(args)
-    transform = transforms_for_clip(model.clip)
+    smooth_anomaly_maps(torch.zeros(1, 1, 1), args.map_sigma)  # a bad --map-sigma fails before any work
+    transform = transforms_for_clip(model.clip, resize_mode=model.config.resize_mode)
     if args.input.is_dir():
         dataset = build_dataset(f"folder:{args.input}", transform=transform)
     else:
         dataset = AnomalyDataset([Sample(args.input, -1, "custom", "unknown", None, has_mask=False)], transform)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()
+    settings = {"map_score": model.config.map_score, "map_sigma": args.map_sigma, "resize_mode": model.config.resize_mode}
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers or 0)
     with torch.inference_mode():
         for batch in loader:
             prediction = model(batch["image"].to(device))
+            maps = smooth_anomaly_maps(prediction.anomaly_map.float(), args.map_sigma)
             for index, path in enumerate(batch["path"]):
                 name = f"{Path(path).stem}_heatmap.png"
                 if name in used:
                     name = f"{Path(path).stem}_{Path(path).suffix.lstrip('.')}_heatmap.png"
                 used.add(name)
-                anomaly_map = prediction.anomaly_map[index].float().cpu().numpy()
-                _overlay(load_rgb(path), anomaly_map, args.alpha).save(args.out / name)
+                anomaly_map = maps[index].cpu().numpy()
+                _overlay(load_rgb(path), anomaly_map, args.alpha, model.anomaly_map_range).save(args.out / name)
                 rows.append({"path": path, "image_score": float(prediction.pred_score[index]),
                              "max_pixel_score": float(anomaly_map.max()), "label": int(batch["label"][index]),
-                             "heatmap": name})
+                             "heatmap": name, **settings})
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "scores.csv", index=False)
     print(table[["path", "image_score", "max_pixel_score"]].to_string(index=False, float_format="%.4f"))
-    print(f"{len(rows)} heatmaps and scores.csv written to {args.out}")
+    print(f"{len(rows)} heatmaps and scores.csv written to {args.out} "
+          f"(map: {settings['map_score']}, smoothed with sigma {args.map_sigma:g})")
     return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from feclip.data import FAMILIES, generate_synthetic_dataset
 
-    families = list(FAMILIES) if args.family == "both" else [args.family]
+    families = {"all": list(FAMILIES), "both": ["textures", "objects"]}.get(args.family, [args.family])
     for family in families:
         root = generate_synthetic_dataset(args.out / family, family=family, image_size=args.image_size,
                                           n_train_good=args.n_train_good, n_test_good=args.n_test_good,
                                           n_test_defect_per_type=args.n_defect, seed=args.seed)
         print(f"{family}: synth:{root}")
-    if len(families) == 2:
-        print(f"train with: feclip train --train synth:{args.out / 'objects'} --val synth:{args.out / 'textures'} --out runs/synth")
+    if {"textures", "objects"} <= set(families):
+        print(f"train with: feclip train --train synth:{args.out / 'objects'} --val-fraction 0.25 "
+              f"--target synth:{args.out / 'textures'} --out runs/synth")
     return 0
 
 

@@ -410,6 +410,7 @@ def train(
     val_dataset: Dataset | None = None,
     resume: str | Path | bool | None = None,
     progress: bool = True,
+    run_info: dict[str, Any] | None = None,
 ) -> History:
     """Train the adapters and ``fc_patch`` of ``model`` in place; checkpoint every epoch.
 
@@ -426,6 +427,9 @@ def train(
         resume: ``None`` (fresh), ``"auto"`` (resume ``out_dir`` if it has a state), or a run
             folder / state file / checkpoint to continue from.
         progress: Show tqdm bars and a one-line summary per epoch.
+        run_info: JSON-serialisable facts about the run (data specs, their categories), stored as
+            ``extra["run"]`` in every checkpoint; the command line records the protocol there. A
+            ``best.safetensors`` also records ``extra["chosen_by"]`` (the validation column).
 
     Returns:
         The :class:`History`, also written to ``out_dir/history.{csv,json}``.
@@ -435,7 +439,7 @@ def train(
     out_dir = Path(out_dir).expanduser()
     distributed = DistributedContext.setup(config.device)
     try:
-        return _train(model, train_dataset, config, out_dir, val_dataset, resume, progress, distributed)
+        return _train(model, train_dataset, config, out_dir, val_dataset, resume, progress, distributed, run_info)
     finally:
         distributed.close()
 
@@ -449,6 +453,7 @@ def _train(
     resume: str | Path | bool | None,
     progress: bool,
     distributed: DistributedContext,
+    run_info: dict[str, Any] | None = None,
 ) -> History:
     device = resolve_device(config.device, distributed.local_rank)
     amp = _amp_dtype(config.amp, device)
@@ -559,10 +564,11 @@ def _train(
         improved = not math.isnan(score) and score > best
         best = score if improved else best
         if distributed.is_main:
-            extra = {"epoch": epoch + 1, "global_step": global_step, "train_config": config.to_dict(), "metrics": row}
+            extra = {"epoch": epoch + 1, "global_step": global_step, "train_config": config.to_dict(), "metrics": row,
+                     **({"run": run_info} if run_info else {})}
             save_checkpoint(model, out_dir / LAST, extra=extra)
             if improved:
-                save_checkpoint(model, out_dir / BEST, extra=extra)
+                save_checkpoint(model, out_dir / BEST, extra={**extra, "chosen_by": f"val_{config.best_metric}"})
             _save_state(out_dir / STATE, {
                 "format": _STATE_FORMAT,
                 "epoch": epoch + 1,
