@@ -61,7 +61,7 @@ def profile_datasets(profile: Profile, model: FEClip) -> tuple[AnomalyDataset, A
         ``(train_dataset, eval_dataset)``.
     """
     ensure_data(profile)
-    transform = transforms_for_clip(model.clip)
+    transform = transforms_for_clip(model.clip, resize_mode=model.config.resize_mode)
     train_set = build_dataset(profile.spec(profile.train_dataset), split="test", transform=transform)
     eval_set = build_dataset(profile.spec(profile.eval_dataset), split="test", transform=transform)
     return train_set, eval_set.limit_per_category(profile.max_images_per_category)

@@ -49,6 +49,40 @@ def test_load_or_train_trains_once_then_loads(profile, tmp_path: Path) -> None:
         load_or_train(profile, run_dir, lambda_fuse=0.5)
     with pytest.raises(ValueError, match="fc_patch_lr"):
         load_or_train(profile, run_dir, train_overrides={"fc_patch_lr": 1e-3})
+    with pytest.raises(ValueError, match="fc_patch_init"):
+        load_or_train(profile, run_dir, fc_patch_init="clip")  # another start is another run
+    with pytest.raises(ValueError, match="tap_reduction"):
+        load_or_train(profile, run_dir, train_overrides={"tap_reduction": "sum"})
+    # How the trained model reports its map is not part of the run: applied to the loaded model.
+    margin, _ = load_or_train(profile, run_dir, map_score="logit_margin")
+    assert margin.config.map_score == "logit_margin" and margin.anomaly_map_range[0] < 0
+
+
+def test_load_or_train_reads_an_older_run_as_what_it_trained(profile, tmp_path: Path) -> None:
+    """A run saved before issue 9 (format 1, summed taps, fc_patch from CLIP's projection) is not today's default."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from feclip.checkpoint import read_metadata
+
+    run_dir = tmp_path / "old"
+    load_or_train(profile, run_dir)
+    path = run_dir / "last.safetensors"
+    metadata = read_metadata(path)
+    metadata["format"] = 1
+    for key in ("fc_patch_init", "map_score", "resize_mode", "quick_gelu"):
+        del metadata["config"][key]
+    training = metadata["extra"]["train_config"]
+    for key in ("supervise", "tap_reduction", "focal_alpha", "dice_smooth"):
+        del training[key]
+    training["loss_reduction"] = "per_tap"
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(path), metadata={"feclip": json.dumps(metadata)})
+    with pytest.raises(ValueError, match="another configuration.*fc_patch_init.*tap_reduction"):
+        load_or_train(profile, run_dir)
 
 
 def test_build_model_is_the_same_whatever_the_global_rng(profile) -> None:
