@@ -40,6 +40,7 @@ from feclip.metrics import (
     Connectivity,
     ScoreHistograms,
     flatten_pixels,
+    float16_histograms,
     histogram_metrics,
     image_metrics,
     merge_score_histograms,
@@ -76,35 +77,39 @@ class _Category:
 
     scores: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
-    maps: list[np.ndarray] = field(default_factory=list)  # map_dtype, (b, h, w)
-    masks: list[np.ndarray] = field(default_factory=list)  # bool, (b, h, w)
+    maps: list[np.ndarray] = field(default_factory=list)  # map_dtype, (b, h, w); wider than float16 only
+    masks: list[np.ndarray] = field(default_factory=list)  # bool, (b, h, w); wider than float16 only
     pixels_valid: bool = True
     n_items: int = 0
-    histograms: ScoreHistograms | None = None  # of the stored pixels, set when finalised
+    float16_counts: np.ndarray | None = None  # (3, FLOAT16_BINS), float16 maps: exact and streaming
+    n_regions: int = 0
+    histograms: ScoreHistograms | None = None  # wider maps: power-of-two bins, set when finalised
     result: dict[str, float] | None = None
 
 
 class AnomalyMetrics:
     """Per-category, macro and micro metrics accumulated batch by batch.
 
-    Memory model: image scores are kept in full (a few bytes per image). Pixel maps are kept
-    only per category, resized to ``pixel_size`` if given (maps bilinearly, masks by
-    :func:`~feclip.data.transforms.resize_masks`, the policy training uses too) and stored as
-    ``map_dtype`` maps plus boolean masks: 3 bytes per pixel at the default float16, i.e.
-    200 MB for 1000 images at 256 x 256. A category is finalised, and its maps freed, as soon
-    as ``expected_counts`` says it is complete, otherwise at :meth:`compute`; it then keeps
-    three ``num_bins`` histograms of its pixel scores (1.5 MB at the default ``2**16``).
-    float16 keeps about 3 significant digits, so scores closer than ~0.05 % become ties; pass
-    ``map_dtype=np.float32`` for scores exactly as predicted.
+    Pixel maps are first resized to ``pixel_size`` if given (maps bilinearly, masks by
+    :func:`~feclip.data.transforms.resize_masks`, the policy training uses too) and rounded to
+    ``map_dtype``. Image scores are kept in full (a few bytes per image).
 
-    Micro (pooled) pixel metrics come from those histograms, merged: each category's bins are
-    equal, a power of two wide and fitted to its own score range
-    (:func:`~feclip.metrics.score_histograms`), and merging coarsens them exactly to a common
-    width (:func:`~feclip.metrics.merge_score_histograms`). No score range has to be known in
-    advance, so probabilities and unbounded maps such as logit margins pool alike; the micro
-    pixel metrics are exact for the stored scores rounded down to the final bins (below
-    ``2 (max - min) / (num_bins - 1)`` wide, e.g. ``2**-16`` for scores in ``[0, 1)``). Micro
-    image metrics are exact. Categories whose anomalous images lack masks (``has_mask`` false)
+    * float16 maps (the default) are not kept: every batch is added to its category's three
+      histograms with one bin per float16 value (:func:`~feclip.metrics.float16_histograms`,
+      1.5 MB per category), which give the category's pixel metrics and, summed, the micro
+      (pooled) pixel metrics, both exactly for the float16 scores, whatever their range
+      (probabilities or unbounded maps such as logit margins), in time linear in the pixels.
+      float16 keeps about 3 significant digits, so scores closer than ~0.05 % become ties.
+    * Wider maps (``map_dtype=np.float32``: scores exactly as predicted) are kept per category
+      with boolean masks (5 bytes per pixel) until the category is finalised, which sorts its
+      pixels for exact metrics and bins them for the micro pool over equal bins a power of two
+      wide, fitted to the category's score range (:func:`~feclip.metrics.score_histograms`);
+      :meth:`compute` merges those exactly to a common width
+      (:func:`~feclip.metrics.merge_score_histograms`), so micro pixel metrics are exact for the
+      scores rounded down to bins below ``2 (max - min) / (num_bins - 1)`` wide.
+
+    A category is finalised, and its maps freed, as soon as ``expected_counts`` says it is
+    complete, otherwise at :meth:`compute`. Micro image metrics are exact. Categories whose anomalous images lack masks (``has_mask`` false)
     get ``NaN`` pixel metrics and are left out of the micro pixel pool; the macro row is the
     mean over the categories where a metric is defined.
 
@@ -113,8 +118,8 @@ class AnomalyMetrics:
         fpr_limit: FPR limit of AUPRO.
         connectivity: Region connectivity of AUPRO, ``8`` (MVTec AD) or ``4``.
         expected_counts: Number of test images per category, to free a category's maps early.
-        num_bins: Histogram bins of the micro pixel metrics.
-        map_dtype: Floating dtype of the stored pixel maps.
+        num_bins: Histogram bins of the micro pixel metrics of maps wider than float16.
+        map_dtype: Floating dtype the pixel maps are rounded to.
     """
 
     def __init__(
@@ -203,7 +208,8 @@ class AnomalyMetrics:
 
     @staticmethod
     def _drop_pixels(state: _Category) -> None:
-        state.pixels_valid, state.maps, state.masks, state.histograms = False, [], [], None
+        state.pixels_valid, state.maps, state.masks = False, [], []
+        state.float16_counts, state.n_regions, state.histograms = None, 0, None
 
     def _add_pixels(self, state: _Category, maps: torch.Tensor, masks: torch.Tensor, has_mask: np.ndarray) -> None:
         size = self.pixel_size or tuple(masks.shape[-2:])
@@ -212,8 +218,13 @@ class AnomalyMetrics:
         stored = resize_maps(maps, size).numpy().astype(self.map_dtype)
         if not np.isfinite(stored).all():
             raise ValueError(f"anomaly_map has NaN, infinite or {self.map_dtype}-overflowing values")
-        state.maps.append(stored)
-        state.masks.append(binary)
+        if self.map_dtype == np.float16:
+            counts, n_regions = float16_histograms(stored, binary, self.connectivity)
+            state.float16_counts = counts if state.float16_counts is None else state.float16_counts + counts
+            state.n_regions += n_regions
+        else:
+            state.maps.append(stored)
+            state.masks.append(binary)
 
     def finalize_category(self, name: str) -> dict[str, float]:
         """Compute one category's metrics now and free its pixel maps."""
@@ -221,7 +232,9 @@ class AnomalyMetrics:
         if state.result is None:
             result = image_metrics(np.concatenate(state.scores), np.concatenate(state.labels))
             result.update(dict.fromkeys(PIXEL_METRICS, NAN))
-            if state.pixels_valid and state.maps:
+            if state.pixels_valid and state.float16_counts is not None:
+                result.update(histogram_metrics(*state.float16_counts, state.n_regions, fpr_limit=self.fpr_limit))
+            elif state.pixels_valid and state.maps:
                 scores, regions, n_regions = flatten_pixels(state.maps, state.masks, self.connectivity)
                 state.maps, state.masks = [], []  # flattened copies hold the pixels now
                 result.update(pixel_metrics_of_regions(scores, regions, n_regions, fpr_limit=self.fpr_limit))
@@ -246,9 +259,14 @@ class AnomalyMetrics:
         macro = table[list(METRIC_COLUMNS)].mean(axis=0, skipna=True)
         all_scores = np.concatenate([s for state in self.categories.values() for s in state.scores])
         micro = image_metrics(all_scores, np.concatenate(list(labels.values())))
-        pooled = [state.histograms for state in self.categories.values() if state.histograms is not None]
-        if pooled:
-            merged = merge_score_histograms(pooled, self.num_bins)
+        float16_pool = [state for state in self.categories.values() if state.float16_counts is not None]
+        wider_pool = [state.histograms for state in self.categories.values() if state.histograms is not None]
+        if float16_pool:
+            counts = np.sum([state.float16_counts for state in float16_pool], axis=0)
+            n_regions = sum(state.n_regions for state in float16_pool)
+            micro.update(histogram_metrics(*counts, n_regions, fpr_limit=self.fpr_limit))
+        elif wider_pool:
+            merged = merge_score_histograms(wider_pool, self.num_bins)
             micro.update(histogram_metrics(*merged.counts, merged.n_regions, fpr_limit=self.fpr_limit))
         table.loc["macro"] = [*macro, table["n_images"].sum(), table["n_anomalous"].sum()]
         table.loc["micro"] = [*(micro.get(key, NAN) for key in METRIC_COLUMNS), *table.loc["macro"].iloc[-2:]]

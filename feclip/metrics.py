@@ -14,8 +14,10 @@ error, so one odd category does not stop a benchmark.
 
 :func:`histogram_metrics` gives the pixel metrics of score histograms, which is how
 :class:`feclip.evaluate.AnomalyMetrics` pools pixels over categories without keeping them.
-:func:`score_histograms` bins one set of pixels over equal bins whose width is a power of two
-fitted to the scores' own range (so probabilities and unbounded maps such as logit margins
+:func:`float16_histograms` bins float16 maps with one bin per float16 value, in increasing
+order: exact for such maps, whatever their range, in one pass without sorting.
+:func:`score_histograms` bins pixels of any precision over equal bins whose width is a power of
+two fitted to the scores' own range (so probabilities and unbounded maps such as logit margins
 are binned alike), and :func:`merge_score_histograms` pools such histograms exactly: every bin
 of a finer histogram lies inside one bin of a coarser one.
 """
@@ -44,7 +46,10 @@ __all__ = [
     "aupro",
     "pixel_metrics",
     "histogram_metrics",
+    "FLOAT16_BINS",
     "ScoreHistograms",
+    "float16_bins",
+    "float16_histograms",
     "flatten_pixels",
     "merge_score_histograms",
     "pixel_metrics_of_regions",
@@ -56,6 +61,19 @@ PIXEL_METRICS: tuple[str, ...] = ("pixel_auroc", "pixel_ap", "pixel_f1max", "pix
 METRIC_COLUMNS: tuple[str, ...] = IMAGE_METRICS + PIXEL_METRICS
 Connectivity = Literal[4, 8]
 NAN = float("nan")
+FLOAT16_BINS = 2**16  # one histogram bin per float16 bit pattern
+
+
+def _float16_rank_of_bits() -> np.ndarray:
+    """For each float16 bit pattern, the bin of its value among all float16 values, ascending."""
+    bits = np.arange(FLOAT16_BINS, dtype=np.int64)
+    # Sign and magnitude to order: negatives count down from 0x7FFF, positives up from 0x8000.
+    rank = np.where(bits >= 0x8000, 0xFFFF - bits, bits + 0x8000)
+    rank[0x8000] = 0x8000  # -0.0 is +0.0
+    return rank
+
+
+_FLOAT16_RANK = _float16_rank_of_bits()
 
 
 def _both_classes(labels: np.ndarray) -> bool:
@@ -311,6 +329,62 @@ def pixel_metrics_of_regions(
         "pixel_f1max": best_f1,
         "pixel_aupro": _normalised_partial_area(*_pro_curve_from_regions(scores, regions, n_regions), fpr_limit),
     }
+
+
+def float16_bins(scores: np.ndarray) -> np.ndarray:
+    """The bin of each score's float16 value among the 65536 float16 bit patterns, in increasing order of value.
+
+    Equal values share a bin (``-0.0`` and ``+0.0`` too), larger values have larger bins, and
+    values beyond float16's range become infinite, above every finite bin.
+
+    Args:
+        scores: Scores of any shape and floating dtype (rounded to float16 first).
+
+    Returns:
+        ``int64`` bins in ``[0, 65536)``, shaped like ``scores``.
+    """
+    with np.errstate(over="ignore"):  # overflowing to infinity is the documented rounding
+        values = np.asarray(scores, dtype=np.float16)
+    return _FLOAT16_RANK[values.view(np.uint16)]
+
+
+def float16_histograms(
+    anomaly_maps: np.ndarray, masks: np.ndarray, connectivity: Connectivity = 8
+) -> tuple[np.ndarray, int]:
+    """Exact pixel histograms of one batch of float16 maps, one bin per float16 value (:func:`float16_bins`).
+
+    :func:`histogram_metrics` of the result is :func:`pixel_metrics` of the maps, without a sort:
+    pixels are counted by bit pattern and the 65536 counts put in order of value afterwards.
+    Histograms of several batches add up (regions never cross images).
+
+    Args:
+        anomaly_maps: Finite float16 pixel scores, shape ``(N, H, W)``.
+        masks: Binary ground truth, shape ``(N, H, W)``.
+        connectivity: Region connectivity of the region weights, ``8`` or ``4``.
+
+    Returns:
+        ``(counts, K)``: ``counts`` of shape ``(3, 65536)`` holds defect pixels, normal pixels and
+        the sum over defect pixels of ``1 / size of the pixel's region`` per bin; ``K`` regions.
+    """
+    anomaly_maps, masks = np.asarray(anomaly_maps), np.asarray(masks).astype(bool, copy=False)
+    if anomaly_maps.dtype != np.float16 or anomaly_maps.shape != masks.shape:
+        raise ValueError(f"need float16 maps and masks of one shape, got {anomaly_maps.dtype} "
+                         f"{anomaly_maps.shape} and {masks.shape}")
+    bits = np.ascontiguousarray(anomaly_maps).view(np.uint16).ravel()
+    by_bits = np.zeros((3, FLOAT16_BINS))
+    by_bits[1] = np.bincount(bits, minlength=FLOAT16_BINS)  # every pixel; defect pixels are moved below
+    n_regions = 0
+    if masks.any():
+        regions, n_regions = label_regions(masks, connectivity)
+        regions = regions.ravel()
+        defect = np.flatnonzero(regions)
+        defect_bits, defect_regions = bits[defect], regions[defect]
+        by_bits[0] = np.bincount(defect_bits, minlength=FLOAT16_BINS)
+        inverse_sizes = 1.0 / np.bincount(defect_regions)[defect_regions]
+        by_bits[2] = np.bincount(defect_bits, weights=inverse_sizes, minlength=FLOAT16_BINS)
+        by_bits[1] -= by_bits[0]
+    counts = np.stack([np.bincount(_FLOAT16_RANK, weights=row, minlength=FLOAT16_BINS) for row in by_bits])
+    return counts, n_regions
 
 
 def histogram_metrics(

@@ -18,6 +18,8 @@ from feclip.metrics import (
     average_precision,
     f1_max,
     flatten_pixels,
+    float16_bins,
+    float16_histograms,
     histogram_metrics,
     image_metrics,
     label_regions,
@@ -277,3 +279,34 @@ def test_pixel_metrics_of_regions_is_pixel_metrics_of_flattened_pixels() -> None
     masks = random_masks(rng, 3, 10)
     maps = rng.random(masks.shape) + 0.5 * masks
     assert pixel_metrics_of_regions(*flatten_pixels(maps, masks)) == pixel_metrics(maps, masks)
+
+
+def test_float16_bins_order_every_float16_value() -> None:
+    values = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    values = values[~np.isnan(values)]
+    bins = float16_bins(values)
+    order = np.argsort(values.astype(np.float64), kind="stable")
+    sorted_values, sorted_bins = values[order].astype(np.float64), bins[order]
+    assert np.all(np.diff(sorted_bins) >= 0)  # monotone in the value
+    same_value = sorted_values[1:] == sorted_values[:-1]
+    assert np.array_equal(np.diff(sorted_bins) == 0, same_value)  # equal bins exactly for equal values (only 0.0, -0.0)
+    assert same_value.sum() == 1
+    assert float16_bins(np.float32(1e6)) == float16_bins(np.float16(np.inf)) > float16_bins(np.float16(65504))
+
+
+def test_float16_histograms_give_exactly_the_metrics_of_the_float16_maps() -> None:
+    rng = np.random.default_rng(12)
+    batches = [random_masks(rng, 4, 20), random_masks(rng, 3, 20), np.zeros((2, 20, 20), bool)]
+    maps = [(rng.normal(-3.0, 7.0, m.shape) + 6.0 * m).astype(np.float16) for m in batches]  # margins, with ties
+    maps[0][0, :5] = -0.0
+    maps[1][0, :5] = 0.0
+    results = [float16_histograms(m, k) for m, k in zip(maps, batches)]
+    counts, n_regions = sum(r[0] for r in results), sum(r[1] for r in results)
+    assert n_regions == label_regions(np.concatenate(batches[:2]))[1] and results[2][1] == 0
+    exact = pixel_metrics([m.astype(np.float32) for m in maps], batches)
+    assert histogram_metrics(*counts, n_regions) == pytest.approx(exact, abs=1e-12)
+    all_masks = np.concatenate([k.ravel() for k in batches])
+    assert counts[0].sum() == all_masks.sum() and counts[1].sum() == (~all_masks).sum()
+    assert counts[2].sum() == pytest.approx(n_regions)  # each region's weights sum to one
+    with pytest.raises(ValueError, match="float16"):
+        float16_histograms(maps[0].astype(np.float32), batches[0])
