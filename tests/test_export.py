@@ -19,13 +19,16 @@ import torch
 
 from feclip.data.transforms import AnomalyTransform, transforms_for_clip
 from feclip.evaluate import evaluate
-from feclip.export import INPUT_NAME, OUTPUT_NAMES, OnnxDetector, export_onnx
+from feclip.export import INPUT_NAME, MIN_TORCH_VERSION, OUTPUT_NAMES, OnnxDetector, export_onnx
 from feclip.model import FEClip
 from feclip.predictor import AnomalyPrediction
 from feclip.taps import default_tap_indices
 
 TOLERANCE = 1e-4  # issue 14: max abs difference between onnxruntime and torch on the tiny backbone
 SHORT_TAPS = [0, 2]  # two blocks: the grid of adapter variants exports in a fraction of the full model's time
+
+pytestmark = pytest.mark.skipif(torch.__version__ < MIN_TORCH_VERSION,
+                                reason=f"ONNX export needs torch >= {MIN_TORCH_VERSION} (torch.export-based exporter)")
 
 
 def _images(batch: int, seed: int) -> torch.Tensor:
