@@ -83,7 +83,7 @@ def build_pools(scenario: str, scale: float, pool: int, batch: int, seed: int) -
         mask_size = side if scenario == "full" else MAP_SIZE
         batches = []
         for _ in range(pool):
-            maps, masks = synthetic_batch(rng, batch, mask_size, batch // 2 + 1)
+            maps, masks = synthetic_batch(rng, batch, mask_size, batch // 2)
             labels = masks.flatten(1).any(dim=1).to(torch.int64)
             batches.append((maps, masks, labels))
         count = max(2, round(images * scale))
@@ -92,19 +92,19 @@ def build_pools(scenario: str, scale: float, pool: int, batch: int, seed: int) -
 
 
 def _batches_of(category_pool: list, batch: int):
-    """Yield ``(maps, masks, labels)`` batches summing to the category's image count, ``n_anomalous`` of them anomalous."""
+    """Yield ``(maps, masks, labels)`` batches: the category's anomalous images, then its normal ones.
+
+    Images are taken from the pool's batches in turn, so ``n_anomalous`` and ``count - n_anomalous``
+    are met exactly, whatever the pool holds.
+    """
     (count, n_anomalous), pool = category_pool
-    anomalous_left, normal_left, step = n_anomalous, count - n_anomalous, 0
-    while anomalous_left + normal_left:
-        maps, masks, labels = pool[step % len(pool)]
-        take_anomalous = min(anomalous_left, int(labels.sum()))
-        take_normal = min(normal_left, batch - take_anomalous) if anomalous_left <= take_anomalous else 0
-        rows = torch.cat([torch.nonzero(labels).flatten()[:take_anomalous],
-                          torch.nonzero(labels == 0).flatten()[:take_normal]])
-        anomalous_left -= take_anomalous
-        normal_left -= take_normal
-        step += 1
-        yield maps[rows], masks[rows], labels[rows]
+    rows = {label: [(p, int(r)) for p in range(len(pool)) for r in torch.nonzero(pool[p][2] == label).flatten()]
+            for label in (0, 1)}
+    wanted = {1: n_anomalous, 0: count - n_anomalous}
+    items = [rows[label][i % len(rows[label])] for label in (1, 0) for i in range(wanted[label])]
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        yield tuple(torch.stack([pool[p][part][r] for p, r in chunk]) for part in range(3))
 
 
 def run_scenario(scenario: str, *, scale: float, pool: int, batch: int, map_dtype: str, seed: int) -> dict[str, Any]:

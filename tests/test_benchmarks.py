@@ -147,3 +147,12 @@ def test_train_step_main_on_tiny():
 def test_bad_device_option_is_one_clear_error():
     with pytest.raises(ValueError, match="--device"):
         common.resolve_devices("tpu")
+
+
+def test_eval_scale_main_counts_every_image_and_pixel():
+    eval_scale = _load("eval_scale")
+    (row,) = eval_scale.main(["--scenarios", "full", "--scale", "0.02", "--pool", "1", "--batch", "2"])
+    counts = {c: max(2, round(n * 0.02)) for c, (n, _, _) in eval_scale.MVTEC_TEST_SET.items()}
+    assert row["images"] == sum(counts.values()) and row["categories"] == 15
+    assert row["pixels"] == sum(counts[c] * side**2 for c, (_, _, side) in eval_scale.MVTEC_TEST_SET.items())
+    assert 0 < row["micro_pixel_aupro"] < 1 and row["seconds"] > 0 and row["peak_bytes"] >= 0
