@@ -358,10 +358,12 @@ def evaluate(
             prediction = predictor(batch["image"].to(device))
             if not isinstance(prediction, AnomalyPrediction):
                 raise TypeError(f"predictor must return an AnomalyPrediction, got {type(prediction).__name__}")
+            maps = prediction.anomaly_map.float()
+            maps = maps[:, 0] if maps.ndim == 4 else maps  # tolerate (B, 1, H, W) as update() does
             metrics.update(
                 prediction.pred_score,
                 batch["label"],
-                smooth_anomaly_maps(prediction.anomaly_map.float(), map_sigma),
+                smooth_anomaly_maps(maps, map_sigma),
                 batch["mask"],
                 batch.get("has_mask"),
                 batch["category"],

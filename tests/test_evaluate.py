@@ -262,6 +262,9 @@ def test_the_table_records_its_map_sigma_in_every_writer(tmp_path: Path) -> None
     assert default.attrs["map_sigma"] == 4.0 and (default["map_sigma"] == 4.0).all()
     explicit = evaluate(noisy_predictor, dataset, batch_size=6, progress=False, map_sigma=4)
     pd.testing.assert_frame_equal(default, explicit)
+    with_channel = evaluate(lambda x: AnomalyPrediction(noisy_predictor(x).pred_score, noisy_predictor(x).anomaly_map[:, None]),
+                            dataset, batch_size=6, progress=False)  # maps (B, 1, H, W) are smoothed alike
+    pd.testing.assert_frame_equal(default, with_channel)
     unsmoothed = evaluate(noisy_predictor, dataset, batch_size=6, progress=False, map_sigma=0)
     assert unsmoothed.loc["bottle", "pixel_aupro"] != default.loc["bottle", "pixel_aupro"]
     assert unsmoothed.loc["bottle", "image_auroc"] == default.loc["bottle", "image_auroc"]  # image scores untouched
