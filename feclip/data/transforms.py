@@ -113,10 +113,16 @@ def _resize_mask_axis(masks: Tensor, length: int, dim: int) -> Tensor:
     if length == source:
         return masks
     if length < source:
-        # adaptive_max_pool2d's window i covers [floor(i * n / m), ceil((i + 1) * n / m)), the output
-        # pixel's footprint rounded outwards, so every input pixel lies in at least one window.
-        size = (length, masks.shape[-1]) if dim == -2 else (masks.shape[-2], length)
-        return F.adaptive_max_pool2d(masks[:, None].to(torch.float32), size)[:, 0] > 0.5
+        # Window i covers [floor(i * n / m), ceil((i + 1) * n / m)), the output pixel's footprint rounded
+        # outwards (adaptive_max_pool2d's windows), so every input pixel lies in at least one window.
+        # OR of the windows' k-th pixels for every k (the last pixel repeated in shorter windows): a few
+        # gathers of the output's size, ~100x faster on CPU than adaptive_max_pool2d on floats.
+        steps = torch.arange(length, device=masks.device)
+        starts, ends = steps * source // length, -(-(steps + 1) * source // length)
+        resized = masks.index_select(dim, starts)
+        for offset in range(1, int((ends - starts).max())):
+            resized |= masks.index_select(dim, torch.minimum(starts + offset, ends - 1))
+        return resized
     # Nearest by pixel centres, (i + 0.5) * n / m, in exact integer arithmetic (PIL's NEAREST rule).
     index = (2 * torch.arange(length, device=masks.device) + 1) * source // (2 * length)
     return masks.index_select(dim, index)
@@ -141,7 +147,9 @@ def resize_masks(masks: Tensor | np.ndarray, size: ImageSize) -> Tensor:
         Boolean tensor ``(B, H, W)`` (or ``(H, W)`` for one mask), on the masks' device.
     """
     height, width = _size_hw(size)
-    binary = torch.as_tensor(masks) > 0.5
+    binary = torch.as_tensor(masks)
+    if binary.dtype != torch.bool:  # comparing a boolean tensor would promote it to float: skip that
+        binary = binary > 0.5
     if binary.ndim not in (2, 3):
         raise ValueError(f"masks must have shape (H, W) or (B, H, W), got {tuple(binary.shape)}")
     batch = binary if binary.ndim == 3 else binary[None]
@@ -161,7 +169,8 @@ def resize_mask(mask: np.ndarray, image_size: ImageSize, resize_mode: str = "squ
         Float32 tensor of shape ``(H, W)`` with values exactly 0 or 1.
     """
     height, width = _size_hw(image_size)
-    binary = torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0.5))
+    mask = np.asarray(mask)
+    binary = torch.from_numpy(np.ascontiguousarray(mask if mask.dtype == bool else mask > 0.5))
     if binary.ndim != 2:
         raise ValueError(f"mask must have shape (h, w), got {tuple(binary.shape)}")
     resized_hw, (top, left) = resize_geometry(tuple(binary.shape), (height, width), resize_mode)
