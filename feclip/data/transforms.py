@@ -30,7 +30,6 @@ from typing import Any, Literal
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
@@ -116,7 +115,7 @@ def _resize_mask_axis(masks: Tensor, length: int, dim: int) -> Tensor:
         # Window i covers [floor(i * n / m), ceil((i + 1) * n / m)), the output pixel's footprint rounded
         # outwards (adaptive_max_pool2d's windows), so every input pixel lies in at least one window.
         # OR of the windows' k-th pixels for every k (the last pixel repeated in shorter windows): a few
-        # gathers of the output's size, ~100x faster on CPU than adaptive_max_pool2d on floats.
+        # gathers of the output's size, about 10x faster on CPU than adaptive_max_pool2d on floats.
         steps = torch.arange(length, device=masks.device)
         starts, ends = steps * source // length, -(-(steps + 1) * source // length)
         resized = masks.index_select(dim, starts)
