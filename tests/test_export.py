@@ -293,6 +293,15 @@ def test_export_refuses_what_it_cannot_export(tmp_path: Path) -> None:
         export_onnx(torch.nn.Linear(2, 2), tmp_path / "m.onnx")  # type: ignore[arg-type]
 
 
+def test_old_torch_is_refused_with_the_version_it_needs(tmp_path: Path, monkeypatch) -> None:
+    from torch.torch_version import TorchVersion
+
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.5.1"))
+    model = FEClip.from_open_clip("feclip-tiny", None, tap_indices=[0])
+    with pytest.raises(RuntimeError, match=rf"needs torch >= {MIN_TORCH_VERSION}.*found 2\.5\.1"):
+        export_onnx(model, tmp_path / "m.onnx")
+
+
 def test_bad_files_get_one_clear_error_naming_them(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxDetector(tmp_path / "missing.onnx")
