@@ -63,7 +63,6 @@ def _max_differences(model: FEClip, detector: OnnxDetector, images: torch.Tensor
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[FEClip, Path]:
     """The issue's model: feclip-tiny, random weights, seed 0, default taps; exported with a dynamic batch."""
-    torch.set_num_threads(1)
     model = FEClip.from_open_clip("feclip-tiny", None).eval()
     path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
     return model, path
