@@ -106,8 +106,9 @@ examples:
   feclip eval --ckpt runs/visa2mvtec --data mvtec:data/mvtec --map-score logit_margin --map-sigma 0
   feclip eval --ckpt runs/demo --data synth:~/.cache/feclip/synthetic/textures --out results/""",
     "predict": """writes one heatmap overlay PNG per image (blue: the lowest possible map value, red: the highest;
-0 and 1 for probabilities) and scores.csv (image score, maximum pixel score of the map smoothed
-with --map-sigma, and the settings used) to --out.
+0 and 1 for probabilities) and scores.csv (image score, maximum pixel score, and the settings
+used) to --out. The maps are the model's own unless --map-sigma smooths them (4 matches the
+evaluation tables).
 
 examples:
   feclip predict --ckpt runs/visa2mvtec/last.safetensors photo.png --out heatmaps/
@@ -134,7 +135,7 @@ def _add_quick_gelu(parser: argparse.ArgumentParser) -> None:
                              "LAION's and most others: GELU); default: decided from the tag or the file")
 
 
-def _add_checkpoint_input(parser: argparse.ArgumentParser) -> None:
+def _add_checkpoint_input(parser: argparse.ArgumentParser, map_sigma: float) -> None:
     parser.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint .safetensors, or a run folder (its last.safetensors)")
     parser.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE",
                         help="load the backbone's weights from here instead of the checkpoint's tag (e.g. a local .bin)")
@@ -143,13 +144,14 @@ def _add_checkpoint_input(parser: argparse.ArgumentParser) -> None:
                         help="how images are fitted to the input size (default: the one the checkpoint was trained with)")
     parser.add_argument("--map-score", choices=("probability", "logit_margin"),
                         help="the map: tap mean of the softmax probabilities or of the logit margins (default: the checkpoint's)")
-    parser.add_argument("--map-sigma", type=float, default=4.0, metavar="S",
-                        help="Gaussian smoothing of the maps in pixels, 0: off (default: 4)")
+    parser.add_argument("--map-sigma", type=float, default=map_sigma, metavar="S",
+                        help=f"Gaussian smoothing of the maps in pixels, 0: off (default: {map_sigma:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``feclip`` argument parser with its four subcommands."""
     from feclip.data import FAMILIES
+    from feclip.evaluate import DEFAULT_MAP_SIGMA
     from feclip.profiles import SMOKE
     parser = argparse.ArgumentParser(
         prog="feclip",
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint: per-category, macro and micro metrics",
                                    description="Evaluate a checkpoint on a data set's test split.",
                                    epilog=_EXAMPLES["eval"], formatter_class=_formatter)
-    _add_checkpoint_input(evaluate)
+    _add_checkpoint_input(evaluate, map_sigma=DEFAULT_MAP_SIGMA)
     evaluate.add_argument("--data", required=True, metavar="SPEC", help="data KIND:PATH")
     evaluate.add_argument("--categories", metavar="LIST", help="comma-separated categories (default: all)")
     evaluate.add_argument("--out", type=Path, metavar="DIR", help="folder for metrics.csv / metrics.json (default: next to the checkpoint)")
@@ -222,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="anomaly heatmaps and scores for your own images",
                                   description="Score images and write heatmap overlays.",
                                   epilog=_EXAMPLES["predict"], formatter_class=_formatter)
-    _add_checkpoint_input(predict)
+    _add_checkpoint_input(predict, map_sigma=0.0)
     predict.add_argument("input", type=Path, metavar="IMAGE_OR_DIR", help="an image file or a folder of images")
     predict.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the overlays and scores.csv")
     predict.add_argument("--alpha", type=float, default=0.5, metavar="X", help="heatmap opacity in the overlay (default: 0.5)")

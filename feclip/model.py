@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from feclip.adapters import LFS_STATISTICS, FrequencyAdapter, LfsStatistic
 from feclip.backbones import backbone_origin, has_quick_gelu
+from feclip.data.transforms import RESIZE_MODES
 from feclip.frozen import FrozenClipDetector
 from feclip.predictor import AnomalyPrediction
 from feclip.prompts import PAPER_PROMPTS
@@ -33,14 +34,13 @@ from feclip.scoring import anomaly_logit_margin, anomaly_probability, logit_marg
 from feclip.taps import default_tap_indices
 from feclip.vit import check_vit, embed_images, project_tokens
 
-__all__ = ["FC_PATCH_INITS", "MAP_SCORES", "RESIZE_MODES", "FEClipConfig", "FEClipOutput", "TapFeatures", "FEClip"]
+__all__ = ["FC_PATCH_INITS", "MAP_SCORES", "FEClipConfig", "FEClipOutput", "TapFeatures", "FEClip"]
 
 FcPatchInit = Literal["random", "clip"]
 MapScore = Literal["probability", "logit_margin"]
 ResizeMode = Literal["squash", "crop"]
 FC_PATCH_INITS: tuple[str, ...] = ("random", "clip")
 MAP_SCORES: tuple[str, ...] = ("probability", "logit_margin")
-RESIZE_MODES: tuple[str, ...] = ("squash", "crop")
 
 
 @dataclass
@@ -71,8 +71,8 @@ class FEClipConfig:
             RNG; the reference implementation's default) or ``"clip"`` (CLIP's own projection ``visual.proj``).
         map_score: Reported anomaly map: ``"probability"`` (the tap mean of the softmax probabilities, in
             ``[0, 1]``) or ``"logit_margin"`` (the tap mean of ``(cos_anomalous - cos_normal) / tau``).
-        resize_mode: How images were resized to the backbone's input for this model: ``"squash"`` (both
-            sides to the input size) or ``"crop"`` (shorter side, then a centre crop).
+        resize_mode: How images are fitted to the backbone's input for this model (the transform it was
+            trained with): ``"squash"`` or ``"crop"``, see :func:`feclip.data.transforms_for_clip`.
     """
 
     backbone: str | None = "ViT-L-14-336"

@@ -165,19 +165,21 @@ def test_predict_on_a_folder_of_own_images(run_dir: Path, synth: Path, tmp_path:
     for name, size in (("a_heatmap.png", (64, 64)), ("b_heatmap.png", (70, 50))):
         with Image.open(out / name) as overlay:
             assert overlay.size == size and overlay.mode == "RGB"
-    assert set(scores["map_sigma"]) == {4.0} and set(scores["map_score"]) == {"probability"}
+    assert set(scores["map_sigma"]) == {0.0} and set(scores["map_score"]) == {"probability"}  # the model's own maps
     model = load_feclip(run_dir)
     transform = transforms_for_clip(model.clip)
     with torch.no_grad():
         for path, score, peak in scores[["path", "image_score", "max_pixel_score"]].itertuples(index=False):
             prediction = model(transform.image(load_rgb(path))[None])
             assert score == pytest.approx(prediction.pred_score.item(), abs=1e-6)
-            assert peak == pytest.approx(smooth_anomaly_maps(prediction.anomaly_map, 4.0).max().item(), abs=1e-6)
-    assert main(["predict", "--ckpt", str(run_dir), str(images), "--out", str(out / "raw"), "--map-sigma", "0"]) == 0
-    raw = pd.read_csv(out / "raw" / "scores.csv")
+            assert peak == pytest.approx(prediction.anomaly_map.max().item(), abs=1e-6)
+    assert main(["predict", "--ckpt", str(run_dir), str(images), "--out", str(out / "smooth"), "--map-sigma", "4"]) == 0
+    smooth = pd.read_csv(out / "smooth" / "scores.csv")
     with torch.no_grad():
-        prediction = model(transform.image(load_rgb(raw["path"][0]))[None])
-    assert raw["max_pixel_score"][0] == pytest.approx(prediction.anomaly_map.max().item(), abs=1e-6)
+        prediction = model(transform.image(load_rgb(smooth["path"][0]))[None])
+    expected = smooth_anomaly_maps(prediction.anomaly_map, 4.0).max().item()
+    assert smooth["max_pixel_score"][0] == pytest.approx(expected, abs=1e-6) and set(smooth["map_sigma"]) == {4.0}
+    assert expected != pytest.approx(prediction.anomaly_map.max().item(), abs=1e-6)  # the smoothing shows
 
 
 def test_predict_on_one_image(run_dir: Path, synth: Path, tmp_path: Path) -> None:
