@@ -386,8 +386,9 @@ def _validate(model: FEClip, dataset: Dataset, config: TrainConfig, device: torc
         table = evaluate(model, dataset, batch_size=config.val_batch_size or config.batch_size,
                          num_workers=config.num_workers, device=device, progress=False)
     model.train()
-    metric_columns = [c for c in table.columns if c not in ("n_images", "n_anomalous")]
-    return {f"val_{column}": float(table.loc["macro", column]) for column in metric_columns}
+    # The macro metrics, and the map smoothing they were measured with (evaluate's default).
+    columns = [c for c in table.columns if c in METRIC_COLUMNS or c == "map_sigma"]
+    return {f"val_{column}": float(table.loc["macro", column]) for column in columns}
 
 
 def _check_labels(dataset: Dataset) -> None:

@@ -284,12 +284,18 @@ def test_resume_paths_and_mismatches(tiny_clip, tmp_path: Path) -> None:
 def test_validation_metrics_and_best_checkpoint(tiny_clip, tmp_path: Path) -> None:
     model = _model(tiny_clip)
     val = RandomAnomalyDataset(n=8, seed=1)
-    history = train(model, RandomAnomalyDataset(), _config(), out_dir=tmp_path, val_dataset=val, progress=False)
+    run_info = {"train": {"spec": "random", "categories": ["even", "odd"], "images": 8}}
+    history = train(model, RandomAnomalyDataset(), _config(), out_dir=tmp_path, val_dataset=val, progress=False,
+                    run_info=run_info)
+    assert read_metadata(tmp_path / LAST)["extra"]["run"] == run_info
     table = evaluate(model, val, batch_size=4, progress=False)  # the final model is the last epoch's
     for column in ("image_auroc", "pixel_auroc", "pixel_aupro"):
         assert history[-1][f"val_{column}"] == pytest.approx(table.loc["macro", column])
+    assert history[-1]["val_map_sigma"] == 4.0  # the smoothing the validation metrics were measured with
     best_epoch = max(history, key=lambda row: row["val_image_auroc"])["epoch"]  # first of equals wins
     assert read_metadata(tmp_path / BEST)["extra"]["epoch"] == best_epoch
+    assert read_metadata(tmp_path / BEST)["extra"]["chosen_by"] == "val_image_auroc"
+    assert "chosen_by" not in read_metadata(tmp_path / LAST)["extra"]
     assert json.loads((tmp_path / "history.json").read_text())[-1]["val_image_auroc"] == history[-1]["val_image_auroc"]
 
 
