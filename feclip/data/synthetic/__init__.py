@@ -25,7 +25,7 @@ never seen (VisA -> MVTec in the paper). :func:`generate_benchmark` writes all f
 an MVTec root, safely (staging folder, marker file, never deleting what it did not write).
 """
 
-from .captions import caption, caption_vocabulary
+from .captions import caption, caption_pair, caption_vocabulary
 from .render import (
     ASSEMBLY_CATEGORIES,
     DEFECT_TYPES,
@@ -52,6 +52,6 @@ from .writer import (
 __all__ = [
     "ASSEMBLY_CATEGORIES", "DEFECT_TYPES", "FAMILIES", "HELD_OUT_FAMILY", "MARKER_NAME", "OBJECT_CATEGORIES",
     "PRETRAINING_FAMILIES", "STRUCTURAL_DEFECTS", "SYNTHETIC_VERSION", "TEXTURE_CATEGORIES", "SyntheticDataset",
-    "SyntheticSample", "caption", "caption_vocabulary", "defect_types_for", "family_of", "generate_benchmark",
+    "SyntheticSample", "caption", "caption_pair", "caption_vocabulary", "defect_types_for", "family_of", "generate_benchmark",
     "generate_synthetic_dataset", "read_marker", "render_sample",
 ]

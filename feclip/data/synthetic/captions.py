@@ -26,7 +26,7 @@ from .render import FAMILIES, STRUCTURAL_DEFECTS, DEFECT_TYPES, family_of
 
 __all__ = [
     "CATEGORY_NOUNS", "DEFECT_STATES", "FAMILY_NOUNS", "GENERIC_NOUN", "NORMAL_STATE_PHRASES",
-    "ANOMALOUS_STATE_PHRASES", "CAPTION_TEMPLATES", "caption", "caption_vocabulary",
+    "ANOMALOUS_STATE_PHRASES", "CAPTION_TEMPLATES", "caption", "caption_pair", "caption_vocabulary",
 ]
 
 GENERIC_NOUN = "object"  # what the paper's prompts call every product
@@ -86,6 +86,10 @@ def _noun(category: str, rng: np.random.Generator) -> str:
     return nouns[rng.integers(len(nouns))]
 
 
+def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    return options[rng.integers(len(options))]
+
+
 def caption(category: str, defect_type: str, rng: np.random.Generator, *, specific: float = 0.5) -> str:
     """One caption of an image (or a view of it) of ``category`` in state ``defect_type``.
 
@@ -98,15 +102,31 @@ def caption(category: str, defect_type: str, rng: np.random.Generator, *, specif
     Returns:
         A lower-case sentence ending in a full stop.
     """
+    return caption_pair(category, defect_type, rng, specific=specific)[0 if defect_type != "good" else 1]
+
+
+def caption_pair(category: str, defect_type: str, rng: np.random.Generator, *, specific: float = 0.5) -> tuple[str, str]:
+    """Captions of a defective view and of the same view without the defect: one noun and template, two states.
+
+    Contrasting the two teaches the state itself, since nothing else in the pair differs.
+
+    Args:
+        category: A synthetic category.
+        defect_type: The defect type the defective view shows (``"good"``: both captions are normal).
+        rng: The random generator.
+        specific: Chance that the defective caption names the defect type rather than a generic state.
+
+    Returns:
+        ``(defective_caption, normal_caption)``.
+    """
     noun = _noun(category, rng)
     if defect_type == "good":
-        states = NORMAL_STATE_PHRASES
-    elif rng.random() < specific:
-        states = DEFECT_STATES[defect_type]
+        anomalous = _pick(NORMAL_STATE_PHRASES, rng)
     else:
-        states = ANOMALOUS_STATE_PHRASES
-    template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
-    return template.format(states[rng.integers(len(states))].format(noun))
+        anomalous = _pick(DEFECT_STATES[defect_type] if rng.random() < specific else ANOMALOUS_STATE_PHRASES, rng)
+    normal = _pick(NORMAL_STATE_PHRASES, rng)
+    template = _pick(CAPTION_TEMPLATES, rng)
+    return template.format(anomalous.format(noun)), template.format(normal.format(noun))
 
 
 def caption_vocabulary(families: tuple[str, ...] = tuple(FAMILIES)) -> set[str]:
