@@ -1,0 +1,27 @@
+"""``feclip reproduce``: the paper's zero-shot protocol in both directions, over several seeds, resumably.
+
+Train on VisA's test split and evaluate on MVTec AD; train on MVTec AD's test split and evaluate on
+VisA and every other downloaded data set; five seeds by default; every evaluation scored with the
+maps unsmoothed and smoothed (``map_sigma`` 0 and 4). Results go to ``results/<date>/``: per-seed
+rows and a summary with the paper's and the reference implementation's reported numbers beside ours,
+as Markdown and CSV.
+
+* :mod:`~feclip.reproduce.plan`: the runs, the output folder, what produced a result;
+* :mod:`~feclip.reproduce.runner`: :func:`reproduce`, resumable per (direction, seed) and per evaluation;
+* :mod:`~feclip.reproduce.tables`: per-seed rows, the summary, Markdown and CSV;
+* :mod:`~feclip.reproduce.reported`: the published numbers, each with its source;
+* :mod:`~feclip.reproduce.smoke`: the smoke profile's synthetic stand-ins in the real layouts;
+* :mod:`~feclip.reproduce.command`: the command line (``add_reproduce_arguments``, ``run_reproduce``).
+"""
+
+from feclip.reproduce.command import add_reproduce_arguments, run_reproduce
+from feclip.reproduce.plan import DEFAULT_MAP_SIGMAS, DEFAULT_SEEDS, SMOKE_LABEL, Plan, Run
+from feclip.reproduce.reported import PAPER, REFERENCE, ReportedResult, reported_results
+from feclip.reproduce.runner import Reproduction, evaluate_at_sigmas, read_evaluation, reproduce
+from feclip.reproduce.smoke import SmokeSizes, write_smoke_data
+
+__all__ = [
+    "DEFAULT_MAP_SIGMAS", "DEFAULT_SEEDS", "PAPER", "REFERENCE", "SMOKE_LABEL", "Plan", "ReportedResult", "Reproduction",
+    "Run", "SmokeSizes", "add_reproduce_arguments", "evaluate_at_sigmas", "read_evaluation", "reported_results",
+    "reproduce", "run_reproduce", "write_smoke_data",
+]
