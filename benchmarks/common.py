@@ -286,28 +286,19 @@ def no_tf32() -> Iterator[None]:
 def create_backbone(name: str, device: torch.device) -> nn.Module:
     """A randomly initialised open_clip model (``pretrained=None``), in eval mode, on ``device``.
 
-    The architecture is the one the paper's weights need: QuickGELU where the model's
-    ``openai`` weights use it (ViT-L-14-336, ViT-B-16), as :func:`feclip.backbones.create_clip`
-    builds it for ``pretrained="openai"``. Initialised directly on ``device`` (factory
-    functions follow ``torch.device(device)``), which makes ViT-L's random init seconds
-    instead of a minute on a GPU machine. Timing does not depend on the weights' values.
+    Built by :func:`feclip.backbones.create_clip` with the architecture the paper's weights need:
+    QuickGELU where the model's ``openai`` weights use it (ViT-L-14-336, ViT-B-16), as
+    ``create_clip(name, "openai")`` builds it. The random weights are drawn directly on ``device``
+    (``init_on_device``), which makes ViT-L's random init seconds instead of a minute on a GPU
+    machine. Timing does not depend on the weights' values.
     """
     import open_clip
 
-    from feclip.backbones import uses_quick_gelu  # also registers feclip-tiny
+    from feclip.backbones import create_clip, uses_quick_gelu
 
     quick_gelu = "openai" in open_clip.list_pretrained_tags_by_model(name) and uses_quick_gelu(name, "openai")
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # "No pretrained weights loaded": intended here
-    try:
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = open_clip.create_model(name, pretrained=None, device=device, force_quick_gelu=quick_gelu)
-    finally:
-        root.setLevel(level)
-    return model.to(device).eval()
+    clip, _ = create_clip(name, None, device=device, quick_gelu=quick_gelu, init_on_device=True)
+    return clip
 
 
 def build_feclip(clip: nn.Module, backbone: str, device: torch.device, **overrides: Any) -> nn.Module:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feclip.dct import dct2, frequency_basis
+from feclip.dct import dct2, dct2_flat_basis, dct_mean_filter, frequency_basis
 
 __all__ = [
     "LFS_STATISTICS",
@@ -97,7 +97,7 @@ def coefficient_filters(
 
     Args:
         window: Window side ``Q``.
-        basis: ``"dct"`` or ``"dft"``.
+        basis: ``"dct"`` or ``"hartley"``.
         dtype: Floating dtype of the result.
         device: Device of the result.
 
@@ -124,7 +124,7 @@ def statistic_filters(
         window: Window side ``Q``.
         statistic: ``"mean"``, ``"abs"`` or ``"power"``.
         channels: Token width ``D``.
-        basis: ``"dct"`` or ``"dft"``.
+        basis: ``"dct"`` or ``"hartley"``.
         dtype: Floating dtype of the result.
         device: Device of the result.
 
@@ -135,10 +135,11 @@ def statistic_filters(
     """
     if statistic not in LFS_STATISTICS:
         raise ValueError(f"unknown LFS statistic {statistic!r}; choose one of {LFS_STATISTICS}")
-    filters = coefficient_filters(window, basis, dtype=dtype, device=device)  # (Q*Q, Q, Q)
     if statistic == "mean":
-        return filters.mean(dim=0).expand(channels, 1, window, window).contiguous()
+        mean_filter = dct_mean_filter(window, basis=basis, dtype=dtype, device=device)  # the mean of those filters
+        return mean_filter.expand(channels, 1, window, window).contiguous()
     if statistic == "abs":
+        filters = coefficient_filters(window, basis, dtype=dtype, device=device)  # (Q*Q, Q, Q)
         return filters.unsqueeze(1).repeat(channels, 1, 1, 1)
     return torch.empty(0, dtype=dtype, device=device)
 
@@ -172,7 +173,7 @@ def local_frequency_statistic(
         tokens: Token grid of shape ``(B, H, W, D)``.
         window: Window side ``Q``.
         statistic: ``"mean"``, ``"abs"`` or ``"power"``.
-        basis: ``"dct"`` (FE-CLIP) or ``"dft"`` (real Hartley form of the DFT, for ablations).
+        basis: ``"dct"`` (FE-CLIP) or ``"hartley"`` (real Hartley form of the DFT, for ablations).
         filters: Precomputed :func:`statistic_filters` (modules keep them as a buffer).
 
     Returns:
@@ -205,7 +206,7 @@ def local_frequency_statistic_reference(
         tokens: Token grid of shape ``(B, H, W, D)``.
         window: Window side ``Q``.
         statistic: ``"mean"``, ``"abs"`` or ``"power"``.
-        basis: ``"dct"`` or ``"dft"``.
+        basis: ``"dct"`` or ``"hartley"``.
 
     Returns:
         Statistic grid of shape ``(B, H, W, D)``.
@@ -232,15 +233,14 @@ class FrequencyFeatureExtraction(nn.Module):
     Args:
         width: Token width ``D``.
         window: Window side ``P``.
-        basis: ``"dct"`` (FE-CLIP) or ``"dft"`` (ablation).
+        basis: ``"dct"`` (FE-CLIP) or ``"hartley"`` (ablation).
     """
 
     def __init__(self, width: int, window: int = 3, basis: str = "dct") -> None:
         super().__init__()
         self.window = window
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU())
-        matrix = frequency_basis(basis, window, dtype=torch.float64)
-        self.register_buffer("transform", torch.kron(matrix, matrix).float(), persistent=False)
+        self.register_buffer("transform", dct2_flat_basis(window, basis=basis), persistent=False)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Args: tokens ``(B, H, W, D)``. Returns: ``(B, H, W, D)``."""
@@ -258,7 +258,7 @@ class LocalFrequencyStatistics(nn.Module):
         width: Token width ``D``.
         window: Window side ``Q``.
         statistic: ``"mean"`` (signed mean, the paper's reading), ``"abs"`` or ``"power"``.
-        basis: ``"dct"`` (FE-CLIP) or ``"dft"`` (ablation).
+        basis: ``"dct"`` (FE-CLIP) or ``"hartley"`` (ablation).
     """
 
     def __init__(self, width: int, window: int = 3, statistic: LfsStatistic = "mean", basis: str = "dct") -> None:
@@ -291,7 +291,7 @@ class FrequencyAdapter(nn.Module):
         lfs_window: LFS window side ``Q``.
         lfs_statistic: LFS statistic, see :class:`LocalFrequencyStatistics`.
         lambda_fuse: Fusion weight of the adapter branch.
-        basis: ``"dct"`` or ``"dft"``.
+        basis: ``"dct"`` or ``"hartley"``.
         use_ffe: Whether the FFE branch is used.
         use_lfs: Whether the LFS branch is used.
     """

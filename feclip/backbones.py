@@ -1,23 +1,28 @@
-"""Creating open_clip backbones: the real pretrained ones, and a tiny one for tests and smoke runs.
+"""Creating open_clip backbones: the one factory every detector, checkpoint and benchmark calls.
 
-Real use is ``create_clip("ViT-L-14-336", "openai")``, exactly as in open_clip. Two
-things are added on top:
+Real use is ``create_clip("ViT-L-14-336", "openai")``, exactly as in open_clip. On top:
 
 * ``feclip-tiny``, an open_clip model config (12 blocks, width 64, 96 px input, 12x12
   patch grid) registered with open_clip's own config registry, so it is created by
-  the same factory as every other model. It is randomly initialised: tests, smoke
-  runs and the book use it wherever pretrained weights cannot be reached.
+  the same factory as every other model. With ``pretrained=None`` it is randomly
+  initialised from a seed; with ``pretrained="toy"`` (:data:`feclip.toy_clip.TOY_TAG`) it
+  loads the toy CLIP shipped with feclip. Tests, smoke runs and the book use it wherever
+  real pretrained weights cannot be reached.
 * A fast, clear failure when pretrained weights are neither cached nor downloadable,
   instead of a long retry loop: the error names the model, the tag and how to point
   at a local checkpoint file.
 * The right activation for the weights (OpenAI's CLIPs were trained with QuickGELU), decided
   from the tag, from a weights file, or given by the caller (:func:`uses_quick_gelu`).
 * A record of where every backbone came from (:func:`backbone_origin`), which
-  :class:`feclip.model.FEClip` stores in its config and checkpoints.
+  :class:`feclip.model.FEClip` stores in its config and checkpoints, and a fingerprint of its
+  weights (:func:`backbone_fingerprint`) that tells a rebuilt backbone from another one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
 import os
 import socket
@@ -33,8 +38,10 @@ __all__ = [
     "TINY_MODEL",
     "BackboneOrigin",
     "PretrainedWeightsUnavailable",
+    "backbone_fingerprint",
     "backbone_origin",
     "create_clip",
+    "random_backbone_fingerprint",
     "create_tiny_clip",
     "resolve_pretrained",
     "pretrained_available",
@@ -49,6 +56,7 @@ if TINY_MODEL not in open_clip.list_models():
     open_clip.add_model_config(_CONFIG_DIR)
 
 _HUB_HOST = ("huggingface.co", 443)
+_TOY_TAG = "toy"  # feclip.toy_clip.TOY_TAG; spelled here so that naming a tag needs no torch model code
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -141,6 +149,8 @@ def resolve_pretrained(name: str, pretrained: str | None, cache_dir: str | None 
     """
     if not pretrained:
         return None
+    if pretrained == _TOY_TAG:
+        return str(_toy_weights(name))
     if os.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors")):
         if not Path(pretrained).is_file():
             raise FileNotFoundError(f"pretrained checkpoint file not found: {pretrained}")
@@ -160,6 +170,18 @@ def resolve_pretrained(name: str, pretrained: str | None, cache_dir: str | None 
             f'or use the offline backbone name="{TINY_MODEL}", pretrained=None.'
         )
     return pretrained
+
+
+def _toy_weights(name: str) -> Path:
+    """The shipped toy CLIP weights file, which exist for ``feclip-tiny`` only."""
+    if name != TINY_MODEL:
+        raise ValueError(f"the {_TOY_TAG!r} weights are feclip's toy CLIP, made for {TINY_MODEL!r} only, not {name!r}")
+    from feclip import toy_clip
+
+    if not toy_clip.TOY_WEIGHTS.is_file():
+        raise FileNotFoundError(f"toy CLIP weights not found: {toy_clip.TOY_WEIGHTS} (reinstall feclip, or pretrain "
+                                "them with python -m feclip.toy_clip --out FILE)")
+    return toy_clip.TOY_WEIGHTS
 
 
 def pretrained_available(name: str, pretrained: str | None) -> bool:
@@ -213,8 +235,8 @@ def uses_quick_gelu(name: str, pretrained: str | None, quick_gelu: bool | None =
     """
     if quick_gelu is not None:
         return bool(quick_gelu)
-    if not pretrained:
-        return False
+    if not pretrained or pretrained == _TOY_TAG:
+        return False  # random weights; the toy CLIP is a feclip-tiny, whose config says GELU
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         return bool(tag_cfg.get("quick_gelu", False))
@@ -240,39 +262,63 @@ def create_clip(
     cache_dir: str | None = None,
     seed: int = 0,
     quick_gelu: bool | None = None,
+    init_on_device: bool = False,
 ) -> tuple[nn.Module, open_clip.tokenizer.SimpleTokenizer]:
     """Create an open_clip model and its tokenizer, in eval mode, with its :class:`BackboneOrigin` attached.
 
+    This is the one place feclip builds a backbone: detectors (``from_open_clip``), checkpoints
+    (:func:`feclip.model.load_feclip`), the toy CLIP and the benchmarks all call it.
+
     Args:
         name: open_clip model name (``open_clip.list_models()``), or ``"feclip-tiny"``.
-        pretrained: Tag (``"openai"``), checkpoint path, or ``None`` for random weights.
+        pretrained: Tag (``"openai"``; ``"toy"`` for ``feclip-tiny``'s shipped toy CLIP), checkpoint path,
+            or ``None`` for random weights.
         device: Device to put the model on.
         cache_dir: Optional weights cache directory.
         seed: Seed of the random initialisation when ``pretrained`` is ``None`` (the global
             RNG is left untouched), so a random backbone can be rebuilt exactly.
         quick_gelu: Activation for a weights file that cannot tell (see :func:`uses_quick_gelu`).
+        init_on_device: Draw random weights directly on ``device`` (seconds instead of a minute for
+            ViT-L on a GPU). The draw then follows that device's generator, so the weights are not the
+            CPU draw of ``seed`` and a checkpoint cannot rebuild them: for benchmarks, whose timings do
+            not depend on the weights.
 
     Returns:
         ``(model, tokenizer)``.
+
+    Raises:
+        ValueError: An unknown model or tag, or the toy weights asked for another model.
+        FileNotFoundError: A weights file (or the toy CLIP's) is missing.
+        PretrainedWeightsUnavailable: The weights are not cached and the hub cannot be reached.
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    if pretrained == _TOY_TAG:
+        from feclip.toy_clip import load_toy_clip
+
+        _toy_weights(name)  # one clear error for another model or a missing file
+        model, tokenizer = load_toy_clip(device=device)  # a seed-0 feclip-tiny from this factory, then the toy state
+        setattr(model, _ORIGIN_ATTRIBUTE, BackboneOrigin(name, _TOY_TAG, 0))
+        return model.eval(), tokenizer
     weights = resolve_pretrained(name, pretrained, cache_dir)
     force_quick_gelu = uses_quick_gelu(name, pretrained, quick_gelu)
+    device = torch.device(device)
+    on_device = init_on_device and weights is None
     root_logger = logging.getLogger()
     level = root_logger.level
     if weights is None:
         root_logger.setLevel(logging.ERROR)  # open_clip warns that no weights were loaded: that is the point here
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if on_device and device.type == "cuda" else []):
             torch.manual_seed(seed)
-            model = open_clip.create_model(
-                name,
-                pretrained=weights,
-                device=device,
-                cache_dir=cache_dir,
-                force_quick_gelu=force_quick_gelu,
-            )
+            with torch.device(device) if on_device else contextlib.nullcontext():
+                model = open_clip.create_model(
+                    name,
+                    pretrained=weights,
+                    device=device,
+                    cache_dir=cache_dir,
+                    force_quick_gelu=force_quick_gelu,
+                )
     finally:
         root_logger.setLevel(level)
     setattr(model, _ORIGIN_ATTRIBUTE, BackboneOrigin(name, pretrained or None, seed))
@@ -280,7 +326,7 @@ def create_clip(
 
 
 def create_tiny_clip(seed: int = 0, device: torch.device | str = "cpu") -> tuple[nn.Module, open_clip.tokenizer.SimpleTokenizer]:
-    """The randomly initialised ``feclip-tiny`` backbone, the same for the same seed.
+    """The randomly initialised ``feclip-tiny`` backbone, the same for the same seed: ``create_clip("feclip-tiny", None)``.
 
     Args:
         seed: Seed of the random initialisation (the global RNG is left untouched).
@@ -290,3 +336,26 @@ def create_tiny_clip(seed: int = 0, device: torch.device | str = "cpu") -> tuple
         ``(model, tokenizer)`` in eval mode.
     """
     return create_clip(TINY_MODEL, None, device=device, seed=seed)
+
+
+def backbone_fingerprint(clip: nn.Module) -> str:
+    """A short hash of the image tower's patch embedding and projection, to tell backbone weights apart.
+
+    Args:
+        clip: An open_clip model with a ViT image tower.
+
+    Returns:
+        16 hexadecimal characters; equal for equal weights (compared in float32 on the CPU).
+    """
+    visual = clip.visual
+    digest = hashlib.sha256()
+    for tensor in (visual.conv1.weight, visual.class_embedding, visual.proj):
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def random_backbone_fingerprint(name: str, seed: int) -> str:
+    """The :func:`backbone_fingerprint` of ``create_clip(name, None, seed=seed)`` (built once per process)."""
+    clip, _ = create_clip(name, None, seed=seed)
+    return backbone_fingerprint(clip)

@@ -1,7 +1,8 @@
 """Small, safe FE-CLIP checkpoints: only the trained adapters and ``fc_patch``, plus the config.
 
 The frozen CLIP backbone is never saved: a checkpoint names it (``backbone``,
-``pretrained``) and :func:`load_feclip` rebuilds it with open_clip. A ViT-L/14-336
+``pretrained``) and :func:`feclip.model.load_feclip` rebuilds it with
+:func:`feclip.backbones.create_clip`. A ViT-L/14-336
 checkpoint therefore holds about 42 M adapter weights instead of the 430 M of the whole
 model. What a checkpoint holds:
 
@@ -11,6 +12,9 @@ model. What a checkpoint holds:
   initialised backbone, a fingerprint of the backbone weights, and any ``extra`` values
   (the trainer stores the epoch and its :class:`~feclip.train.TrainConfig`);
 * ``<name>.json``: the same document, for people and ``jq``.
+
+This module reads and writes files; it knows the model only through what it saves (``config``,
+``clip``, ``state_dict``), so :mod:`feclip.model` can use it without an import circle.
 
 Format 2 added ``fc_patch_init``, ``map_score``, ``resize_mode`` and ``quick_gelu`` to the config.
 A format-1 checkpoint still loads, read as what it was trained with: ``fc_patch`` started at
@@ -25,8 +29,6 @@ A crash or a Colab disconnect in the middle of a save leaves the previous checkp
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import math
 import os
@@ -34,14 +36,17 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
-from feclip.model import FEClip, FEClipConfig
+from feclip.backbones import backbone_fingerprint, random_backbone_fingerprint
+from feclip.dct import canonical_basis
+
+if TYPE_CHECKING:
+    from feclip.model import FEClip, FEClipConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -49,10 +54,8 @@ __all__ = [
     "CheckpointMismatch",
     "atomic_write",
     "backbone_fingerprint",
-    "build_backbone",
     "checkpoint_paths",
     "config_differences",
-    "load_feclip",
     "load_into",
     "read_metadata",
     "save_checkpoint",
@@ -129,58 +132,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-# --------------------------------------------------------------------------- backbone
-
-
-def backbone_fingerprint(clip: nn.Module) -> str:
-    """A short hash of the image tower's patch embedding and projection, to tell backbone weights apart.
-
-    Args:
-        clip: An open_clip model with a ViT image tower.
-
-    Returns:
-        16 hexadecimal characters; equal for equal weights (compared in float32 on the CPU).
-    """
-    visual = clip.visual
-    digest = hashlib.sha256()
-    for tensor in (visual.conv1.weight, visual.class_embedding, visual.proj):
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def build_backbone(
-    name: str,
-    pretrained: str | None,
-    *,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    cache_dir: str | None = None,
-    quick_gelu: bool | None = None,
-) -> tuple[nn.Module, Any]:
-    """Create the backbone a checkpoint names; random weights (``pretrained=None``) come from ``seed``.
-
-    Args:
-        name: open_clip model name.
-        pretrained: Tag, checkpoint path, or ``None`` for a seeded random initialisation.
-        seed: Seed of the random initialisation (any model, ``feclip-tiny`` or not).
-        device: Device of the model.
-        cache_dir: Optional weights cache directory.
-        quick_gelu: The activation the checkpoint recorded (``None``: decided from ``pretrained``).
-
-    Returns:
-        ``(clip, tokenizer)`` in eval mode.
-    """
-    from feclip.backbones import create_clip
-
-    return create_clip(name, pretrained, device=device, cache_dir=cache_dir, seed=seed, quick_gelu=quick_gelu)
-
-
-@functools.lru_cache(maxsize=8)
-def _random_backbone_fingerprint(name: str, seed: int) -> str:
-    clip, _ = build_backbone(name, None, seed=seed)
-    return backbone_fingerprint(clip)
-
-
 # --------------------------------------------------------------------------- save
 
 
@@ -231,7 +182,7 @@ def save_checkpoint(
         path: Target ``.safetensors`` file (the suffix is added if missing); a ``.json`` sidecar goes next to it.
         extra: JSON-serialisable values stored with the checkpoint (epoch, training config, metrics).
         backbone_seed: Seed of a randomly initialised backbone (``pretrained=None``), so that
-            :func:`load_feclip` can rebuild the same one; default ``model.config.backbone_seed``.
+            :func:`feclip.model.load_feclip` can rebuild the same one; default ``model.config.backbone_seed``.
 
     Returns:
         The path of the ``.safetensors`` file.
@@ -252,7 +203,7 @@ def save_checkpoint(
         )
     seed = int(backbone_seed if backbone_seed is not None else config.backbone_seed)
     fingerprint = backbone_fingerprint(model.clip)
-    if config.pretrained is None and fingerprint != _random_backbone_fingerprint(config.backbone, seed):
+    if config.pretrained is None and fingerprint != random_backbone_fingerprint(config.backbone, seed):
         warnings.warn(
             f"the randomly initialised {config.backbone} backbone is not the one seed {seed} gives; "
             f"{weights_path} will only load with load_feclip(..., clip=<that backbone>). "
@@ -302,14 +253,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{weights_path} has checkpoint format {metadata['format']} from feclip {metadata.get('feclip_version')}; "
             f"this feclip reads format {CHECKPOINT_FORMAT} or older: upgrade feclip"
         )
-    if metadata.get("format", 0) < 2 and "config" in metadata:
+    if "config" in metadata:
         metadata["config"] = upgrade_config(metadata["config"])
     return metadata
 
 
 def upgrade_config(values: dict[str, Any]) -> dict[str, Any]:
-    """A config dict written before format 2 (it has no ``fc_patch_init``), read as what it was trained with."""
-    return values if "fc_patch_init" in values else {**_FORMAT_1_MEANING, **values}
+    """A saved config dict read as what it was trained with, in today's spelling.
+
+    A config written before format 2 (it has no ``fc_patch_init``) started ``fc_patch`` at CLIP's
+    projection; the basis once called ``"dft"`` is ``"hartley"``.
+    """
+    upgraded = values if "fc_patch_init" in values else {**_FORMAT_1_MEANING, **values}
+    if "basis" in upgraded:
+        upgraded = {**upgraded, "basis": canonical_basis(upgraded["basis"])}
+    return upgraded
 
 
 def _load_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
@@ -319,7 +277,7 @@ def _load_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
 
 def config_differences(saved: dict[str, Any], current: FEClipConfig) -> list[str]:
     """The structural fields where a saved config (as a dict) and a model's config differ, one phrase each."""
-    current_values = current.to_dict()
+    saved, current_values = upgrade_config(saved), current.to_dict()
     return [
         f"{name} {saved.get(name)!r} (checkpoint) vs {current_values[name]!r} (model)"
         for name in _STRUCTURAL_FIELDS
@@ -370,54 +328,3 @@ def load_into(model: FEClip, path: str | Path, *, check_backbone: bool = True) -
         raise CheckpointMismatch(f"checkpoint {weights_path} does not match this model: " + "; ".join(problems))
     model.load_state_dict(tensors, strict=False)
     return metadata
-
-
-def load_feclip(
-    path: str | Path,
-    device: torch.device | str = "cpu",
-    clip: nn.Module | None = None,
-    tokenizer: Any | None = None,
-    *,
-    pretrained: str | None = None,
-    cache_dir: str | None = None,
-    quick_gelu: bool | None = None,
-) -> FEClip:
-    """Rebuild an FE-CLIP model from a checkpoint, backbone included.
-
-    Args:
-        path: Checkpoint file (or a run folder, meaning its ``last.safetensors``).
-        device: Device of the returned model.
-        clip: A ready backbone to use instead of building the one the checkpoint names.
-        tokenizer: Its tokenizer (default: open_clip's tokenizer for the checkpoint's backbone).
-        pretrained: Where to load the backbone's weights from instead of the stored tag, e.g. a
-            local ``open_clip_pytorch_model.bin`` when the hub is unreachable.
-        cache_dir: Optional weights cache directory.
-        quick_gelu: The activation of a ``pretrained`` weights file, for a checkpoint that did not record it.
-
-    Returns:
-        The model in eval mode on ``device``.
-
-    Raises:
-        FileNotFoundError: No checkpoint there.
-        CheckpointMismatch: ``clip`` is not the backbone the checkpoint was trained on.
-        feclip.backbones.PretrainedWeightsUnavailable: The backbone's weights cannot be reached.
-    """
-    import open_clip
-
-    metadata = read_metadata(path)
-    config = FEClipConfig.from_dict(metadata["config"])
-    if clip is None:
-        clip, tokenizer = build_backbone(
-            config.backbone,
-            pretrained or config.pretrained,
-            seed=metadata.get("backbone_seed") or 0,
-            device=device,
-            cache_dir=cache_dir,
-            quick_gelu=quick_gelu if quick_gelu is not None else config.quick_gelu,
-        )
-    elif tokenizer is None:
-        tokenizer = open_clip.get_tokenizer(config.backbone)
-    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the caller's RNG alone
-        model = FEClip(clip, tokenizer, config)
-    load_into(model, path)
-    return model.to(device).eval()

@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ffe-window", type=int, metavar="P", help="FFE window P (default: 3)")
     train.add_argument("--lfs-window", type=int, metavar="Q", help="LFS window Q (default: 3)")
     train.add_argument("--lfs-statistic", choices=("mean", "abs", "power"), help="LFS statistic (default: mean)")
-    train.add_argument("--basis", choices=("dct", "dft"), help="frequency basis (default: dct)")
+    train.add_argument("--basis", choices=("dct", "hartley", "dft"), help="frequency basis; dft: the old name of hartley (default: dct)")
     train.add_argument("--fc-patch-init", choices=("random", "clip"),
                        help="start of fc_patch: random (the reference's default) or CLIP's projection (default: random)")
     train.add_argument("--map-score", choices=("probability", "logit_margin"), help="reported map (default: probability)")
@@ -270,7 +270,8 @@ def _run_record(run_dir: Path) -> dict[str, Any]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from feclip.backbones import TINY_MODEL, pretrained_available
-    from feclip.checkpoint import CheckpointMismatch, build_backbone, config_differences, read_metadata, upgrade_config
+    from feclip.backbones import create_clip
+    from feclip.checkpoint import CheckpointMismatch, config_differences, read_metadata, upgrade_config
     from feclip.data import build_dataset, transforms_for_clip
     from feclip.model import FEClip, FEClipConfig
     from feclip.profiles import SMOKE
@@ -320,7 +321,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if val_spec is None and val_fraction is None:
                 val_fraction = SMOKE_VAL_FRACTION
         quick_gelu = args.quick_gelu if args.quick_gelu is not None else model_config.quick_gelu
-        clip, tokenizer = build_backbone(backbone, pretrained, seed=0, quick_gelu=quick_gelu)
+        clip, tokenizer = create_clip(backbone, pretrained, seed=0, quick_gelu=quick_gelu)
         try:
             depth = len(check_vit(clip).transformer.resblocks)
         except TypeError as err:  # a backbone FE-CLIP cannot tap (no ViT image tower)
@@ -371,7 +372,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, torch.device]:
     """The checkpoint's model on the asked device, with the ``--map-score`` / ``--resize-mode`` overrides."""
-    from feclip.checkpoint import load_feclip
+    from feclip.model import load_feclip
     from feclip.train import resolve_device
 
     device = resolve_device(args.device or "auto")

@@ -22,7 +22,17 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["dct_basis", "hartley_basis", "frequency_basis", "dct2", "idct2", "dct2_flat_basis", "dct_mean_filter"]
+__all__ = [
+    "BASES",
+    "dct_basis",
+    "hartley_basis",
+    "canonical_basis",
+    "frequency_basis",
+    "dct2",
+    "idct2",
+    "dct2_flat_basis",
+    "dct_mean_filter",
+]
 
 
 def dct_basis(n: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
@@ -66,16 +76,29 @@ def hartley_basis(n: int, *, dtype: torch.dtype = torch.float32, device: torch.d
     return ((torch.cos(angle) + torch.sin(angle)) / math.sqrt(n)).to(dtype=dtype, device=device)
 
 
-FREQUENCY_BASES = {"dct": dct_basis, "dft": hartley_basis}
+FREQUENCY_BASES = {"dct": dct_basis, "hartley": hartley_basis}
+BASES: tuple[str, ...] = tuple(FREQUENCY_BASES)
+# Earlier name of the Hartley basis: configs, checkpoints and command lines that say "dft" meant it.
+_BASIS_ALIASES = {"dft": "hartley"}
+
+
+def canonical_basis(name: str) -> str:
+    """A basis name with the old spelling ``"dft"`` read as ``"hartley"``; unknown names are an error.
+
+    Raises:
+        ValueError: Naming the valid bases.
+    """
+    name = _BASIS_ALIASES.get(name, name)
+    if name not in FREQUENCY_BASES:
+        raise ValueError(f"unknown frequency basis {name!r}; choose one of {list(BASES)} ('dft' is read as 'hartley')")
+    return name
 
 
 def frequency_basis(
     name: str, n: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> Tensor:
-    """Orthonormal 1-D basis by name: ``"dct"`` (:func:`dct_basis`) or ``"dft"`` (:func:`hartley_basis`)."""
-    if name not in FREQUENCY_BASES:
-        raise ValueError(f"unknown frequency basis {name!r}; choose one of {sorted(FREQUENCY_BASES)}")
-    return FREQUENCY_BASES[name](n, dtype=dtype, device=device)
+    """Orthonormal 1-D basis by name: ``"dct"`` (:func:`dct_basis`) or ``"hartley"`` (:func:`hartley_basis`, also ``"dft"``)."""
+    return FREQUENCY_BASES[canonical_basis(name)](n, dtype=dtype, device=device)
 
 
 def _bases_for(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,39 +133,46 @@ def idct2(coefficients: Tensor) -> Tensor:
     return rows.T @ coefficients @ cols
 
 
-def dct2_flat_basis(n: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-    """2-D DCT of an ``n x n`` window as one matrix acting on the flattened window.
+def dct2_flat_basis(
+    n: int, *, basis: str = "dct", dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> Tensor:
+    """2-D transform of an ``n x n`` window as one matrix acting on the flattened window.
 
     ``K = kron(C, C)``, so ``K @ x.flatten() == dct2(x).flatten()`` for ``x`` of shape
     ``(n, n)`` flattened row-major. ``K`` is orthogonal, hence ``K.T`` inverts it.
 
     Args:
         n: Window side.
+        basis: The 1-D basis ``C``: ``"dct"`` or ``"hartley"`` (:func:`frequency_basis`).
         dtype: Floating dtype of the result.
         device: Device of the result.
 
     Returns:
         ``K`` of shape ``(n * n, n * n)``.
     """
-    basis = dct_basis(n, dtype=torch.float64)
-    return torch.kron(basis, basis).to(dtype=dtype, device=device)
+    matrix = frequency_basis(basis, n, dtype=torch.float64)
+    return torch.kron(matrix, matrix).to(dtype=dtype, device=device)
 
 
-def dct_mean_filter(n: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def dct_mean_filter(
+    n: int, *, basis: str = "dct", dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> Tensor:
     """The fixed filter equal to the mean of a window's 2-D DCT coefficients.
 
     The DCT is linear, so the signed mean of the ``n x n`` coefficients of a window
     ``x`` is ``sum_ij w_ij x_ij`` with ``w = outer(s, s) / n**2`` and ``s = C.sum(0)``
     (the column sums of the basis). A sliding mean of DCT coefficients is therefore
-    one correlation with ``w``: no window ever needs to be transformed.
+    one correlation with ``w``: no window ever needs to be transformed. The same holds for
+    any linear basis (``basis="hartley"``).
 
     Args:
         n: Window side.
+        basis: The 1-D basis ``C``: ``"dct"`` or ``"hartley"`` (:func:`frequency_basis`).
         dtype: Floating dtype of the result.
         device: Device of the result.
 
     Returns:
         ``w`` of shape ``(n, n)``.
     """
-    column_sums = dct_basis(n, dtype=torch.float64).sum(dim=0)
+    column_sums = frequency_basis(basis, n, dtype=torch.float64).sum(dim=0)
     return (torch.outer(column_sums, column_sums) / n**2).to(dtype=dtype, device=device)

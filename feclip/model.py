@@ -11,102 +11,36 @@ and both are scored against the normal/anomalous text embeddings
 (:func:`feclip.scoring.anomaly_probability`). Scores and maps are averaged over taps. The
 reported map is that probability, or with ``map_score="logit_margin"`` the tap average of the
 logit margins (:func:`feclip.scoring.anomaly_logit_margin`); training always uses the probabilities.
+
+The forward pass is :class:`feclip.predictor.Detector`'s two steps: :meth:`FEClip.embed` (the
+tapped ViT, itself :meth:`FEClip.prefix_tokens`, the frozen blocks before the first tap, then
+:meth:`FEClip.embed_from_prefix`) and :meth:`FEClip.predict`. Checkpoints are written and read
+by :mod:`feclip.checkpoint`; :func:`load_feclip` rebuilds a model, backbone included.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feclip.adapters import LFS_STATISTICS, FrequencyAdapter, LfsStatistic
-from feclip.backbones import backbone_origin, has_quick_gelu
+from feclip.adapters import LFS_STATISTICS, FrequencyAdapter
+from feclip.backbones import backbone_origin, create_clip, has_quick_gelu
+from feclip.checkpoint import load_into, read_metadata, save_checkpoint
+from feclip.config import FC_PATCH_INITS, MAP_SCORES, FEClipConfig
 from feclip.data.transforms import RESIZE_MODES
 from feclip.frozen import FrozenClipDetector
 from feclip.predictor import AnomalyPrediction
-from feclip.prompts import PAPER_PROMPTS
 from feclip.scoring import anomaly_logit_margin, anomaly_probability, logit_margin_bound
 from feclip.taps import default_tap_indices
 from feclip.vit import check_vit, embed_images, project_tokens
 
-__all__ = ["FC_PATCH_INITS", "MAP_SCORES", "FEClipConfig", "FEClipOutput", "TapFeatures", "FEClip"]
-
-FcPatchInit = Literal["random", "clip"]
-MapScore = Literal["probability", "logit_margin"]
-ResizeMode = Literal["squash", "crop"]
-FC_PATCH_INITS: tuple[str, ...] = ("random", "clip")
-MAP_SCORES: tuple[str, ...] = ("probability", "logit_margin")
-
-
-@dataclass
-class FEClipConfig:
-    """Everything that defines an FE-CLIP model besides the backbone's weights.
-
-    Attributes:
-        backbone: open_clip model name the adapters were built for (``None``: unknown, and the model
-            cannot be saved). :class:`FEClip` records the injected backbone's own name when it was made
-            by :func:`feclip.backbones.create_clip` and the caller does not name it.
-        pretrained: Pretrained tag or path of the backbone (``None``: random weights).
-        backbone_seed: Seed of a random backbone (``pretrained=None``), so a checkpoint can rebuild it.
-        quick_gelu: Whether the backbone uses QuickGELU (OpenAI's CLIPs do); :class:`FEClip` reads it
-            from the backbone's modules. ``None`` only in checkpoints written before it was recorded.
-        tap_indices: Tapped blocks (0-based); ``None`` picks :func:`feclip.taps.default_tap_indices`.
-        ffe_window: FFE window side ``P``.
-        lfs_window: LFS window side ``Q``.
-        lfs_statistic: ``"mean"``, ``"abs"`` or ``"power"``.
-        lambda_fuse: Fusion weight ``lambda`` of the adapter branch.
-        basis: ``"dct"`` (FE-CLIP) or ``"dft"`` (ablation).
-        use_ffe: Whether the FFE branch is used.
-        use_lfs: Whether the LFS branch is used.
-        temperature: Softmax temperature ``tau``.
-        use_clip_logit_scale: Use CLIP's own learned temperature instead of ``temperature``.
-        normal_prompts: Prompt ensemble of the normal state.
-        anomalous_prompts: Prompt ensemble of the anomalous state.
-        fc_patch_init: ``"random"`` (PyTorch's default ``nn.Linear`` initialisation, drawn from the global
-            RNG; the reference implementation's default) or ``"clip"`` (CLIP's own projection ``visual.proj``).
-        map_score: Reported anomaly map: ``"probability"`` (the tap mean of the softmax probabilities, in
-            ``[0, 1]``) or ``"logit_margin"`` (the tap mean of ``(cos_anomalous - cos_normal) / tau``).
-        resize_mode: How images are fitted to the backbone's input for this model (the transform it was
-            trained with): ``"squash"`` or ``"crop"``, see :func:`feclip.data.transforms_for_clip`.
-    """
-
-    backbone: str | None = "ViT-L-14-336"
-    pretrained: str | None = "openai"
-    backbone_seed: int = 0
-    quick_gelu: bool | None = None
-    tap_indices: list[int] | None = None
-    ffe_window: int = 3
-    lfs_window: int = 3
-    lfs_statistic: LfsStatistic = "mean"
-    lambda_fuse: float = 0.1
-    basis: str = "dct"
-    use_ffe: bool = True
-    use_lfs: bool = True
-    temperature: float = 0.07
-    use_clip_logit_scale: bool = False
-    normal_prompts: list[str] = field(default_factory=lambda: [PAPER_PROMPTS[0]])
-    anomalous_prompts: list[str] = field(default_factory=lambda: [PAPER_PROMPTS[1]])
-    fc_patch_init: FcPatchInit = "random"
-    map_score: MapScore = "probability"
-    resize_mode: ResizeMode = "squash"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FEClipConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error that names them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown FE-CLIP config keys: {unknown}")
-        return cls(**values)
+__all__ = ["FC_PATCH_INITS", "MAP_SCORES", "FEClipConfig", "FEClipOutput", "TapFeatures", "FEClip", "load_feclip"]
 
 
 @dataclass
@@ -148,7 +82,7 @@ class FEClip(FrozenClipDetector):
     """FE-CLIP on top of an injected open_clip CLIP model.
 
     The trained parts are initialised from torch's global RNG, so the same global seed gives the
-    same model (:meth:`from_open_clip` seeds it for you).
+    same model (:meth:`~feclip.frozen.FrozenClipDetector.from_open_clip` seeds it for you).
 
     Args:
         clip: An open_clip ``CLIP`` model with a ViT image tower. It is frozen here.
@@ -226,56 +160,8 @@ class FEClip(FrozenClipDetector):
                 self.fc_patch.bias.zero_()
 
     @classmethod
-    def from_open_clip(
-        cls,
-        name: str = "ViT-L-14-336",
-        pretrained: str | None = "openai",
-        *,
-        device: torch.device | str = "cpu",
-        cache_dir: str | None = None,
-        seed: int = 0,
-        quick_gelu: bool | None = None,
-        **overrides: Any,
-    ) -> FEClip:
-        """Create the backbone with open_clip and wrap it.
-
-        Args:
-            name: open_clip model name (``"ViT-L-14-336"`` in the paper; ``"feclip-tiny"`` offline).
-            pretrained: Pretrained tag (``"openai"``), a checkpoint path, or ``None`` for random weights.
-            device: Device of the model.
-            cache_dir: Optional weights cache directory.
-            seed: Seed of the adapters' and ``fc_patch``'s initialisation and of a random backbone
-                (``pretrained=None``); the global RNG is left untouched, so the same call always builds
-                the same model.
-            quick_gelu: Activation of a backbone loaded from a weights file (see
-                :func:`feclip.backbones.uses_quick_gelu`); ``None`` decides it from the tag or the file.
-            **overrides: Fields of :class:`FEClipConfig`.
-
-        Returns:
-            The model, on ``device``.
-        """
-        from feclip.backbones import create_clip
-
-        clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir, seed=seed, quick_gelu=quick_gelu)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = cls(clip, tokenizer, backbone=name, pretrained=pretrained, backbone_seed=seed, **overrides)
-        return model.to(device)
-
-    @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", **kwargs: Any) -> FEClip:
-        """Rebuild a model saved by :meth:`save` (see :func:`feclip.checkpoint.load_feclip`).
-
-        Args:
-            path: A ``.safetensors`` checkpoint or a run folder (its ``last.safetensors``).
-            device: Device of the model.
-            **kwargs: Passed to :func:`feclip.checkpoint.load_feclip` (``clip``, ``tokenizer``, ``pretrained``...).
-
-        Returns:
-            The model, with its backbone rebuilt from the saved config and the trained weights loaded.
-        """
-        from feclip.checkpoint import load_feclip
-
+        """Rebuild a model saved by :meth:`save`: :func:`load_feclip` (``clip``, ``tokenizer``, ``pretrained``...)."""
         return load_feclip(path, device=device, **kwargs)
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -283,9 +169,13 @@ class FEClip(FrozenClipDetector):
 
         See :func:`feclip.checkpoint.save_checkpoint`.
         """
-        from feclip.checkpoint import save_checkpoint
-
         return save_checkpoint(self, path, extra=extra)
+
+    def export_onnx(self, path: str | Path, **options: Any) -> Path:
+        """Write the whole detector as one ONNX graph: :func:`feclip.export.export_onnx` (``batch_size``, ``opset``)."""
+        from feclip.export import export_onnx  # needs the optional onnx packages only when called
+
+        return export_onnx(self, path, **options)
 
     @property
     def tap_indices(self) -> list[int]:
@@ -313,18 +203,29 @@ class FEClip(FrozenClipDetector):
         """Parameters the optimiser should see, in the groups the trainer gives their own learning rates."""
         return {"adapters": list(self.adapters.parameters()), "fc_patch": list(self.fc_patch.parameters())}
 
-    def set_prompts(self, normal: str | list[str], anomalous: str | list[str]) -> None:
-        """Re-embed the text prompts (for example with a class name, or WinCLIP's ensemble)."""
-        normal = [normal] if isinstance(normal, str) else list(normal)
-        anomalous = [anomalous] if isinstance(anomalous, str) else list(anomalous)
-        self._embed_prompts(normal, anomalous)
-        self.config.normal_prompts, self.config.anomalous_prompts = normal, anomalous
-
-    def encode_taps(self, images: Tensor) -> list[TapFeatures]:
-        """Run the tapped ViT and return what every tap produces.
+    def prefix_tokens(self, images: Tensor) -> Tensor:
+        """The tokens that enter the first tapped block: a fixed function of the image, no adapter before it.
 
         Args:
             images: Normalised images of shape ``(B, 3, H, W)`` at the backbone's input size.
+
+        Returns:
+            Tokens of shape ``(B, 1 + h*w, D)`` (CLS first), batch first whatever open_clip's layout.
+        """
+        visual = self.clip.visual
+        batch_first = getattr(visual.transformer, "batch_first", False)
+        x = embed_images(visual, images)  # (B, 1 + h*w, D)
+        if not batch_first:
+            x = x.transpose(0, 1)  # (1 + h*w, B, D), older open_clip
+        for block in visual.transformer.resblocks[: self.tap_indices[0]]:
+            x = block(x)
+        return x if batch_first else x.transpose(0, 1)
+
+    def embed_from_prefix(self, tokens: Tensor) -> list[TapFeatures]:
+        """Run the tapped blocks from :meth:`prefix_tokens`' output on, with the adapters.
+
+        Args:
+            tokens: Tokens entering the first tapped block, shape ``(B, 1 + h*w, D)``.
 
         Returns:
             One :class:`TapFeatures` per tapped block, in block order.
@@ -333,11 +234,10 @@ class FEClip(FrozenClipDetector):
         batch_first = getattr(visual.transformer, "batch_first", False)
         height, width = self.grid_size
         adapter_at = dict(zip(self.tap_indices, self.adapters))
-        x = embed_images(visual, images)  # (B, 1 + h*w, D)
-        if not batch_first:
-            x = x.transpose(0, 1)  # (1 + h*w, B, D), older open_clip
+        first = self.tap_indices[0]
+        x = tokens if batch_first else tokens.transpose(0, 1)
         features = []
-        for index, block in enumerate(visual.transformer.resblocks[: self.tap_indices[-1] + 1]):
+        for index, block in enumerate(visual.transformer.resblocks[first : self.tap_indices[-1] + 1], start=first):
             x = block(x)
             if index not in adapter_at:
                 continue
@@ -356,21 +256,45 @@ class FEClip(FrozenClipDetector):
             )
         return features
 
-    def predict_from_taps(self, taps: list[TapFeatures], image_size: tuple[int, int]) -> FEClipOutput:
-        """Score the features of :meth:`encode_taps` and average over taps.
+    def embed(self, images: Tensor) -> list[TapFeatures]:
+        """Run the tapped ViT and return what every tap produces.
 
         Args:
-            taps: Output of :meth:`encode_taps`.
-            image_size: ``(H, W)`` the map is upsampled to.
+            images: Normalised images of shape ``(B, 3, H, W)`` at the backbone's input size.
 
         Returns:
-            :class:`FEClipOutput`.
+            One :class:`TapFeatures` per tapped block, in block order.
+        """
+        return self.embed_from_prefix(self.prefix_tokens(images))
+
+    def tap_probabilities(self, taps: list[TapFeatures]) -> tuple[Tensor, Tensor]:
+        """Per-tap anomaly probabilities of :meth:`embed`'s features: what the losses compare with the labels.
+
+        Args:
+            taps: Output of :meth:`embed`.
+
+        Returns:
+            ``(tap_scores (T, B), tap_maps (T, B, h, w))``, on the token grid (no upsampling).
         """
         temperature = self.temperature
         tap_scores = torch.stack([anomaly_probability(t.image_embedding, self.text_features, temperature) for t in taps])
         tap_maps = torch.stack([anomaly_probability(t.patch_embedding, self.text_features, temperature) for t in taps])
+        return tap_scores, tap_maps
+
+    def predict(self, taps: list[TapFeatures], image_size: tuple[int, int]) -> FEClipOutput:
+        """Score the features of :meth:`embed` and average over taps.
+
+        Args:
+            taps: Output of :meth:`embed`.
+            image_size: ``(H, W)`` the map is upsampled to.
+
+        Returns:
+            :class:`FEClipOutput` with ``pred_score (B,)``, ``anomaly_map (B, H, W)``,
+            ``tap_scores (T, B)`` and ``tap_maps (T, B, h, w)``.
+        """
+        tap_scores, tap_maps = self.tap_probabilities(taps)
         if self.config.map_score == "logit_margin":
-            grid_map = torch.stack([anomaly_logit_margin(t.patch_embedding, self.text_features, temperature)
+            grid_map = torch.stack([anomaly_logit_margin(t.patch_embedding, self.text_features, self.temperature)
                                     for t in taps]).mean(dim=0)  # (B, h, w)
         else:
             grid_map = tap_maps.mean(dim=0)
@@ -381,18 +305,6 @@ class FEClip(FrozenClipDetector):
             tap_scores=tap_scores,
             tap_maps=tap_maps,
         )
-
-    def forward(self, images: Tensor) -> FEClipOutput:
-        """Image scores and pixel maps.
-
-        Args:
-            images: Normalised images of shape ``(B, 3, H, W)`` at the backbone's input size.
-
-        Returns:
-            :class:`FEClipOutput` with ``pred_score (B,)``, ``anomaly_map (B, H, W)``,
-            ``tap_scores (T, B)`` and ``tap_maps (T, B, h, w)``.
-        """
-        return self.predict_from_taps(self.encode_taps(images), tuple(images.shape[-2:]))
 
     def extra_repr(self) -> str:
         c = self.config
@@ -413,3 +325,54 @@ def _config_of_injected(clip: nn.Module, overrides: dict[str, Any]) -> FEClipCon
     known = {"backbone": None, "pretrained": None} if origin is None else {
         "backbone": origin.name, "pretrained": origin.pretrained, "backbone_seed": origin.seed}
     return FEClipConfig(**{name: value for name, value in known.items() if name not in overrides})
+
+
+def load_feclip(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    clip: nn.Module | None = None,
+    tokenizer: Any | None = None,
+    *,
+    pretrained: str | None = None,
+    cache_dir: str | None = None,
+    quick_gelu: bool | None = None,
+) -> FEClip:
+    """Rebuild an FE-CLIP model from a checkpoint, backbone included.
+
+    Args:
+        path: Checkpoint file (or a run folder, meaning its ``last.safetensors``).
+        device: Device of the returned model.
+        clip: A ready backbone to use instead of building the one the checkpoint names.
+        tokenizer: Its tokenizer (default: open_clip's tokenizer for the checkpoint's backbone).
+        pretrained: Where to load the backbone's weights from instead of the stored tag, e.g. a
+            local ``open_clip_pytorch_model.bin`` when the hub is unreachable.
+        cache_dir: Optional weights cache directory.
+        quick_gelu: The activation of a ``pretrained`` weights file, for a checkpoint that did not record it.
+
+    Returns:
+        The model in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: No checkpoint there.
+        feclip.checkpoint.CheckpointMismatch: ``clip`` is not the backbone the checkpoint was trained on.
+        feclip.backbones.PretrainedWeightsUnavailable: The backbone's weights cannot be reached.
+    """
+    import open_clip
+
+    metadata = read_metadata(path)
+    config = FEClipConfig.from_dict(metadata["config"])
+    if clip is None:
+        clip, tokenizer = create_clip(
+            config.backbone,
+            pretrained or config.pretrained,
+            seed=metadata.get("backbone_seed") or 0,
+            device=device,
+            cache_dir=cache_dir,
+            quick_gelu=quick_gelu if quick_gelu is not None else config.quick_gelu,
+        )
+    elif tokenizer is None:
+        tokenizer = open_clip.get_tokenizer(config.backbone)
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the caller's RNG alone
+        model = FEClip(clip, tokenizer, config)
+    load_into(model, path)
+    return model.to(device).eval()

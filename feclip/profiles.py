@@ -9,7 +9,9 @@
 * ``auto`` (default): ``full`` when a GPU, the weights and both data sets are all
   available, otherwise ``smoke``.
 
-The profile is chosen with the environment variable ``FECLIP_PROFILE``.
+The profile is chosen with the environment variable ``FECLIP_PROFILE``. This module imports
+torch only inside the functions that need it, so the command line's ``--help`` can read the
+profiles' sizes quickly.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 __all__ = [
     "Profile",
+    "dataset_folder",
     "FULL",
     "SMOKE",
     "PROFILES",
@@ -47,8 +48,9 @@ class Profile:
         pretrained: Pretrained tag, or ``None`` for random weights.
         device: ``"cuda"`` or ``"cpu"``.
         data_root: Root holding the data sets (``mvtec``/``visa``, or the synthetic ``textures``/``objects``).
-        train_dataset: Dataset kind trained on (the auxiliary data set of the zero-shot protocol).
-        eval_dataset: Dataset kind evaluated on (never seen in training).
+        train_dataset: Data set trained on (the auxiliary data set of the zero-shot protocol), named
+            ``KIND`` or ``KIND-FOLDER`` (:func:`dataset_folder`).
+        eval_dataset: Data set evaluated on (never seen in training), named the same way.
         epochs: Training epochs.
         batch_size: Training batch size.
         max_images_per_category: Cap on evaluation images per category (``None``: all).
@@ -91,9 +93,21 @@ class Profile:
         """Whether this is the CPU smoke profile."""
         return self.name == "smoke"
 
-    def spec(self, kind: str) -> str:
-        """Dataset spec for :func:`feclip.data.build_dataset`, e.g. ``"mvtec:/data/mvtec"``."""
-        return f"{kind.split('-')[0]}:{self.data_root / kind.split('-')[-1]}"
+    def spec(self, name: str) -> str:
+        """Dataset spec for :func:`feclip.data.build_dataset`: ``"visa"`` -> ``"visa:<data_root>/visa"``,
+        ``"synth-objects"`` -> ``"synth:<data_root>/objects"``."""
+        kind, folder = dataset_folder(name)
+        return f"{kind}:{self.data_root / folder}"
+
+
+def dataset_folder(name: str) -> tuple[str, str]:
+    """A profile's data set name as ``(kind, folder under the data root)``; the one reader of these names.
+
+    ``KIND`` names a data set in the folder of that name (``"mvtec"`` -> ``("mvtec", "mvtec")``);
+    ``KIND-FOLDER`` one in another folder (``"synth-objects"`` -> ``("synth", "objects")``).
+    """
+    kind, _, folder = name.partition("-")
+    return kind, folder or kind
 
 
 def _data_root() -> Path:
@@ -160,6 +174,8 @@ def full_profile_available() -> tuple[bool, str]:
     Returns:
         ``(available, reason)``.
     """
+    import torch
+
     from feclip.backbones import pretrained_available
 
     if not torch.cuda.is_available():
@@ -209,8 +225,7 @@ def ensure_data(profile: Profile) -> Path:
         FileNotFoundError: The full profile's data sets are not under ``profile.data_root``.
     """
     root = profile.data_root
-    kinds = {profile.train_dataset, profile.eval_dataset}
-    needed = [root / kind.split("-")[-1] for kind in kinds]
+    needed = [root / dataset_folder(name)[1] for name in (profile.train_dataset, profile.eval_dataset)]
     if all(path.is_dir() for path in needed):
         return root
     if not profile.is_smoke:
@@ -242,6 +257,8 @@ def use_profile(name: str | None = None) -> Profile:
     Returns:
         The resolved :class:`Profile`.
     """
+    import torch
+
     profile = resolve_profile(name)
     if profile.num_threads is not None:
         torch.set_num_threads(profile.num_threads)

@@ -208,3 +208,78 @@ def test_create_clip_records_where_the_backbone_came_from(tiny_clip) -> None:
     assert has_quick_gelu(quick)
     with torch.no_grad():  # same weights (same seed), another activation: other outputs
         assert not torch.allclose(quick.encode_image(torch.ones(1, 3, 96, 96)), tiny_clip[0].encode_image(torch.ones(1, 3, 96, 96)))
+
+
+# --- one factory --------------------------------------------------------------------------------------
+
+
+def test_only_the_factory_calls_open_clip_to_build_a_model() -> None:
+    """Every backbone (detectors, checkpoints, the toy CLIP, benchmarks) is built by create_clip, nowhere else."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.joinpath("feclip").rglob("*.py"), *root.joinpath("benchmarks").glob("*.py")]
+    callers = sorted(str(path.relative_to(root)) for path in sources
+                     if "open_clip.create_model(" in path.read_text(encoding="utf-8")
+                     or "create_model_and_transforms(" in path.read_text(encoding="utf-8"))
+    assert callers == ["feclip/backbones.py"]
+
+
+def test_init_on_device_draws_the_same_weights_on_the_cpu(tiny_clip) -> None:
+    clip, _ = create_clip(TINY_MODEL, None, init_on_device=True)
+    reference = tiny_clip[0].state_dict()
+    assert all(torch.equal(value, reference[key]) for key, value in clip.state_dict().items())
+
+
+def test_fingerprints_tell_weights_apart(tiny_clip) -> None:
+    from feclip.backbones import backbone_fingerprint, random_backbone_fingerprint
+
+    assert random_backbone_fingerprint(TINY_MODEL, 0) == backbone_fingerprint(tiny_clip[0])
+    assert random_backbone_fingerprint(TINY_MODEL, 1) == backbone_fingerprint(create_tiny_clip(seed=1)[0])
+    assert random_backbone_fingerprint(TINY_MODEL, 1) != random_backbone_fingerprint(TINY_MODEL, 0)
+    assert len(backbone_fingerprint(tiny_clip[0])) == 16
+
+
+@pytest.mark.usefixtures("no_network")
+def test_the_toy_tag_loads_the_shipped_toy_clip(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """create_clip("feclip-tiny", "toy") is the toy CLIP's weights file; here a stand-in file of a seed-3 tiny CLIP."""
+    from safetensors.torch import save_file
+
+    import feclip.toy_clip as toy_clip
+
+    assert toy_clip.TOY_TAG == "toy"
+    stand_in, _ = create_tiny_clip(seed=3)
+    weights = tmp_path / "feclip-tiny-toy.safetensors"
+    save_file({key: value.contiguous() for key, value in stand_in.state_dict().items()}, str(weights))
+    monkeypatch.setattr(toy_clip, "TOY_WEIGHTS", weights)
+    clip, tokenizer = create_clip(TINY_MODEL, toy_clip.TOY_TAG)
+    assert all(torch.equal(value, stand_in.state_dict()[key]) for key, value in clip.state_dict().items())
+    assert backbone_origin(clip) == BackboneOrigin(TINY_MODEL, "toy", 0) and not clip.training
+    assert tokenizer(["a photo"]).shape == (1, 77)
+    assert pretrained_available(TINY_MODEL, "toy") and resolve_pretrained(TINY_MODEL, "toy") == str(weights)
+    assert not uses_quick_gelu(TINY_MODEL, "toy")
+    with pytest.raises(ValueError, match="toy CLIP, made for 'feclip-tiny' only, not 'ViT-B-16'"):
+        create_clip("ViT-B-16", "toy")
+    monkeypatch.setattr(toy_clip, "TOY_WEIGHTS", tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="toy CLIP weights not found: .*missing.safetensors"):
+        create_clip(TINY_MODEL, "toy")
+    assert not pretrained_available(TINY_MODEL, "toy")
+
+
+@pytest.mark.usefixtures("no_network")
+def test_a_toy_backbone_round_trips_through_a_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path, tiny_images) -> None:
+    from safetensors.torch import save_file
+
+    import feclip.toy_clip as toy_clip
+    from feclip.model import FEClip, load_feclip
+
+    stand_in, _ = create_tiny_clip(seed=3)
+    weights = tmp_path / "toy.safetensors"
+    save_file({key: value.contiguous() for key, value in stand_in.state_dict().items()}, str(weights))
+    monkeypatch.setattr(toy_clip, "TOY_WEIGHTS", weights)
+    model = FEClip.from_open_clip(TINY_MODEL, "toy", tap_indices=[5, 11])
+    assert (model.config.backbone, model.config.pretrained) == (TINY_MODEL, "toy")
+    model.save(tmp_path / "run" / "last")
+    loaded = load_feclip(tmp_path / "run")
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_images).anomaly_map, model(tiny_images).anomaly_map)

@@ -66,9 +66,9 @@ def test_class_name_and_ensembles(tiny_clip) -> None:
     expected = encode_prompt_pair(clip, tokenizer, *class_prompts("bottle"))
     torch.testing.assert_close(bottle.text_features, expected)
     ensemble = (["a photo of a good screw.", "a flawless screw."], ["a broken screw."])
-    bottle.set_prompts(ensemble)
+    bottle.set_prompts(*ensemble)
     torch.testing.assert_close(bottle.text_features, encode_prompt_pair(clip, tokenizer, *ensemble))
-    assert bottle.normal_prompts == ensemble[0] and isinstance(bottle, AnomalyPredictor)
+    assert bottle.config.normal_prompts == ensemble[0] and isinstance(bottle, AnomalyPredictor)
 
 
 def test_temperature_and_precomputed_text(tiny_clip, tiny_images) -> None:

@@ -76,8 +76,8 @@ def test_winclip_few_shot_parts(winclip_few_shot, images) -> None:
     zero_shot = winclip(images[1:])
     torch.testing.assert_close(out.zero_shot_map, zero_shot.patch_map)
     torch.testing.assert_close(out.zero_shot_score, zero_shot.pred_score)
-    features = winclip.encode(images[1:])
-    reference = winclip.encode(images[:1])
+    features = winclip.embed(images[1:])
+    reference = winclip.embed(images[:1])
     patch_level = visual_association_score(features.patch_features, reference.patch_features.reshape(-1, 64))
     window_level = [
         harmonic_aggregation(visual_association_score(w, r.reshape(-1, 64)), masks)
@@ -103,8 +103,8 @@ def test_feclip_few_shot_zero_shot_part_is_feclip(feclip_model, images) -> None:
     assert float(out.association_map[0].max()) < 1e-5  # the reference image itself
     assert float(out.association_map[1].min()) > 0
     with torch.no_grad():
-        taps = feclip_model.encode_taps(images[1:])
-        references = feclip_model.encode_taps(images[:1])
+        taps = feclip_model.embed(images[1:])
+        references = feclip_model.embed(images[:1])
     by_hand = torch.stack(
         [visual_association_score(t.patch_tokens, r.patch_tokens.reshape(-1, 64)) for t, r in zip(taps, references)]
     ).mean(dim=0)

@@ -100,7 +100,7 @@ def image() -> torch.Tensor:
 
 def test_windows_of_the_module_equal_a_plain_forward(tiny_clip, winclip, image) -> None:
     clip, _ = tiny_clip
-    features = winclip.encode(image)
+    features = winclip.embed(image)
     assert [w.shape for w in features.window_embeddings] == [(1, 121, 64), (1, 100, 64)]
     with torch.no_grad():
         tokens = embed_images(clip.visual, image)
@@ -117,7 +117,7 @@ def test_forward_combines_scales_as_documented(tiny_clip, winclip, image) -> Non
     torch.testing.assert_close(winclip.text_features, encode_prompt_pair(clip, tokenizer, *winclip_prompts("bottle")))
     out = winclip(image)
     assert isinstance(out, WinClipOutput) and isinstance(winclip, AnomalyPredictor)
-    features = winclip.encode(image)
+    features = winclip.embed(image)
     cls_score = anomaly_probability(features.image_embedding, winclip.text_features)
     torch.testing.assert_close(out.pred_score, cls_score)  # image_score="cls"
     assert out.scale_maps.shape == (3, 1, 12, 12)
@@ -153,7 +153,7 @@ def test_stride_and_temperature_change_the_values(tiny_clip, winclip, image) -> 
     clip, _ = tiny_clip
     tau = 0.5
     strided = WinClip(clip, text_features=winclip.text_features, scales=(3,), stride=2, temperature=tau)
-    features, out = strided.encode(image), strided(image)
+    features, out = strided.embed(image), strided(image)
     starts = [0, 2, 4, 6, 8, 9]
     assert features.window_embeddings[0].shape == (1, 36, 64)
 

@@ -19,12 +19,11 @@ from feclip.checkpoint import (
     atomic_write,
     backbone_fingerprint,
     checkpoint_paths,
-    load_feclip,
     load_into,
     read_metadata,
     save_checkpoint,
 )
-from feclip.model import FEClip
+from feclip.model import FEClip, load_feclip
 
 
 def _model(tiny_clip, seed: int = 0, **overrides) -> FEClip:
@@ -199,6 +198,24 @@ def test_fc_patch_init_and_map_settings_survive_a_save(tiny_clip, tmp_path: Path
         assert torch.equal(loaded(tiny_images).anomaly_map, model(tiny_images).anomaly_map)
 
 
+def test_a_checkpoint_that_says_dft_loads_into_a_hartley_model(tiny_clip, tmp_path: Path, tiny_images) -> None:
+    """basis="dft" was the Hartley basis' first name: checkpoints that say it load as "hartley"."""
+    model = _model(tiny_clip, basis="hartley")
+    path = save_checkpoint(model, tmp_path / "old")
+    metadata = read_metadata(path)
+    metadata["config"]["basis"] = "dft"
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(path), metadata={"feclip": json.dumps(metadata)})
+    assert read_metadata(path)["config"]["basis"] == "hartley"
+    assert checkpoint.config_differences({**metadata["config"], "basis": "dft"}, model.config) == []
+    loaded = load_feclip(path)
+    load_into(_model(tiny_clip, basis="dft"), path)  # a model asked for with the old name is the same model
+    assert loaded.config.basis == "hartley"
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_images).anomaly_map, model(tiny_images).anomaly_map)
+
+
 def test_a_format_1_checkpoint_reads_as_trained_from_clips_projection(tiny_clip, tmp_path: Path) -> None:
     model = _model(tiny_clip, fc_patch_init="clip")
     path = save_checkpoint(model, tmp_path / "old")
@@ -218,7 +235,7 @@ def test_a_format_1_checkpoint_reads_as_trained_from_clips_projection(tiny_clip,
 
 
 def test_a_random_backbone_other_than_tiny_reloads_with_its_seed(tmp_path: Path, tiny_images: torch.Tensor) -> None:
-    """build_backbone used to rebuild every random non-tiny backbone with seed 0."""
+    """The old second backbone factory (checkpoint.build_backbone) rebuilt every random non-tiny backbone with seed 0."""
     import open_clip
 
     from feclip.backbones import TINY_MODEL
@@ -263,3 +280,17 @@ def test_a_backbone_with_another_activation_is_refused(tiny_clip, tmp_path: Path
         load_feclip(tmp_path / "a", clip=quick, tokenizer=tokenizer)
     with pytest.raises(CheckpointMismatch, match=r"quick_gelu False \(checkpoint\) vs True \(model\)"):
         load_into(FEClip(quick, tokenizer), tmp_path / "a")
+
+
+def test_checkpoint_and_model_import_no_circle() -> None:
+    """feclip.model uses feclip.checkpoint; feclip.checkpoint never imports feclip.model, not even lazily."""
+    import ast
+    import subprocess
+    import sys
+
+    source = Path(checkpoint.__file__).read_text(encoding="utf-8")
+    runtime_imports = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+                       and node.module == "feclip.model"]
+    assert len(runtime_imports) == 1  # the one under TYPE_CHECKING, for annotations
+    code = "import sys, feclip.checkpoint; print('feclip.model' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

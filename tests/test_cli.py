@@ -17,10 +17,11 @@ from PIL import Image
 
 import feclip.data
 import feclip.profiles
-from feclip.checkpoint import load_feclip, read_metadata
+from feclip.checkpoint import read_metadata
 from feclip.cli import main
 from feclip.data import build_dataset, load_rgb, transforms_for_clip
 from feclip.evaluate import evaluate
+from feclip.model import load_feclip
 from feclip.postprocess import smooth_anomaly_maps
 
 # Two normal test images per category, so that a held-out quarter has normal and anomalous images.

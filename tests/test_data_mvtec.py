@@ -12,14 +12,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from feclip.data import (
-    AUXILIARY_DATASET,
     DATASET_KINDS,
     AnomalyTransform,
     ImageReadError,
     MVTecAD,
-    ZeroShotSplit,
     build_dataset,
-    training_split_for_zero_shot,
+    parse_spec,
 )
 from feclip.data.mvtec import MVTEC_CATEGORIES, find_mask
 
@@ -166,13 +164,27 @@ def test_build_dataset_errors_name_kind_and_path(tmp_path: Path) -> None:
     assert DATASET_KINDS == ("mvtec", "visa", "folder", "synth")
 
 
-def test_zero_shot_protocol_trains_on_the_auxiliary_test_split() -> None:
-    assert training_split_for_zero_shot("mvtec") == ZeroShotSplit("visa", "test", "mvtec", "test")
-    assert training_split_for_zero_shot("visa").train_dataset == "mvtec"
-    assert training_split_for_zero_shot("synth_objects").train_dataset == "synth_textures"
-    assert all(AUXILIARY_DATASET[AUXILIARY_DATASET[k]] == k for k in AUXILIARY_DATASET)
-    with pytest.raises(ValueError, match="'btad'"):
-        training_split_for_zero_shot("btad")
+def test_parse_spec_reads_kind_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_spec("MVTec:data/mvtec") == ("mvtec", Path("data/mvtec"))
+    assert parse_spec("synth:~/bench/objects") == ("synth", tmp_path / "bench" / "objects")
+    assert parse_spec("folder:C:/photos") == ("folder", Path("C:/photos"))  # only the first colon separates
+    with pytest.raises(ValueError, match=r"unknown dataset kind 'btad' in 'btad:x'; valid kinds"):
+        parse_spec("btad:x")
+
+
+def test_one_mask_finder_prefers_the_explicit_mask_name(tmp_path: Path) -> None:
+    """A folder holding both <stem>.png and <stem>_mask.png (e.g. masks beside their images) gives the _mask file."""
+    from feclip.data import FolderDataset
+
+    for name in ("dent.png", "dent_mask.png", "crack.bmp"):
+        _mask(tmp_path / "abnormal" / name)
+    assert find_mask(tmp_path / "abnormal", Path("dent.png")) == tmp_path / "abnormal" / "dent_mask.png"
+    assert find_mask(tmp_path / "abnormal", Path("crack.png")) == tmp_path / "abnormal" / "crack.bmp"
+    assert find_mask(tmp_path / "abnormal", Path("scuff.png")) is None
+    folder = FolderDataset(abnormal_dir=tmp_path / "abnormal", mask_dir=tmp_path / "abnormal", image_size=4)
+    masks = {sample.image_path.name: sample.mask_path for sample in folder.samples}
+    assert masks["dent.png"] == tmp_path / "abnormal" / "dent_mask.png"  # never the image itself
 
 
 def test_resize_mode_reaches_the_transform_and_the_repr(tmp_path: Path) -> None:

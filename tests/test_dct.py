@@ -10,6 +10,8 @@ import scipy.fft
 import torch
 
 from feclip.dct import (
+    BASES,
+    canonical_basis,
     dct2,
     dct2_flat_basis,
     dct_basis,
@@ -92,8 +94,23 @@ def test_hartley_basis_is_orthonormal_and_is_re_minus_im_of_the_dft(n: int) -> N
 
 def test_frequency_basis_by_name() -> None:
     torch.testing.assert_close(frequency_basis("dct", 4), dct_basis(4))
-    torch.testing.assert_close(frequency_basis("dft", 4), hartley_basis(4))
+    torch.testing.assert_close(frequency_basis("hartley", 4), hartley_basis(4))
+    torch.testing.assert_close(frequency_basis("dft", 4), hartley_basis(4))  # the Hartley basis' old name
+    assert BASES == ("dct", "hartley") and canonical_basis("dft") == "hartley" and canonical_basis("dct") == "dct"
     with pytest.raises(ValueError, match="unknown frequency basis 'wavelet'"):
         frequency_basis("wavelet", 4)
     with pytest.raises(ValueError, match="at least 1"):
         hartley_basis(0)
+
+
+@pytest.mark.parametrize("basis", ["dct", "hartley"])
+def test_flat_basis_and_mean_filter_of_either_basis_against_a_direct_transform(basis: str) -> None:
+    """The fixed matrices FFE and LFS use, written out window by window in float64."""
+    n = 3
+    matrix = frequency_basis(basis, n, dtype=torch.float64)
+    windows = _randn(5, n, n)
+    coefficients = matrix @ windows @ matrix.T  # (5, n, n): the 2-D transform of each window
+    flat = dct2_flat_basis(n, basis=basis, dtype=torch.float64)
+    torch.testing.assert_close(windows.flatten(1) @ flat.T, coefficients.flatten(1), atol=1e-12, rtol=0)
+    mean_filter = dct_mean_filter(n, basis=basis, dtype=torch.float64)
+    torch.testing.assert_close((windows * mean_filter).sum(dim=(1, 2)), coefficients.mean(dim=(1, 2)), atol=1e-12, rtol=0)

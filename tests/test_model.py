@@ -52,7 +52,7 @@ def test_zero_lambda_cls_embedding_at_the_last_block_is_clip_encode_image(tiny_c
     model = _model(tiny_clip, lambda_fuse=0.0)
     assert model.tap_indices[-1] == 11
     with torch.no_grad():
-        taps = model.encode_taps(tiny_images)
+        taps = model.embed(tiny_images)
         expected = tiny_clip[0].encode_image(tiny_images)
     torch.testing.assert_close(taps[-1].image_embedding, expected, atol=1e-5, rtol=0)
 
@@ -63,7 +63,7 @@ def test_zero_lambda_tap_maps_are_clips_naive_patch_maps(tiny_clip, tiny_images)
     visual = tiny_clip[0].visual
     blocks = _block_outputs(tiny_clip[0], tiny_images)
     with torch.no_grad():
-        taps = model.encode_taps(tiny_images)
+        taps = model.embed(tiny_images)
         out = model(tiny_images)
     assert [t.block for t in taps] == [2, 5, 11]
     for position, tap in enumerate(taps):
@@ -82,7 +82,7 @@ def test_patch_embeddings_go_through_fc_patch_whatever_its_init(tiny_clip, tiny_
     blocks = _block_outputs(tiny_clip[0], tiny_images)
     weight, bias = model.fc_patch.weight.double(), model.fc_patch.bias.double()
     with torch.no_grad():
-        taps = model.encode_taps(tiny_images)
+        taps = model.embed(tiny_images)
     for tap in taps:
         normed = visual.ln_post(blocks[tap.block][:, 1:]).double()
         expected = (normed @ weight.T + bias).reshape(2, GRID, GRID, -1)
@@ -164,7 +164,7 @@ def test_adapters_never_touch_the_cls_token_and_fused_tokens_feed_the_next_block
     ]
     try:
         with torch.no_grad():
-            taps = model.encode_taps(tiny_images)
+            taps = model.embed(tiny_images)
     finally:
         for handle in handles:
             handle.remove()
@@ -174,7 +174,7 @@ def test_adapters_never_touch_the_cls_token_and_fused_tokens_feed_the_next_block
     torch.testing.assert_close(seen["into_next"][:, 1:], taps[0].patch_tokens.flatten(1, 2))
     # So at the first tap the image embedding cannot depend on lambda.
     with torch.no_grad():
-        plain = _model(tiny_clip, lambda_fuse=0.0).encode_taps(tiny_images)
+        plain = _model(tiny_clip, lambda_fuse=0.0).embed(tiny_images)
     torch.testing.assert_close(taps[0].image_embedding, plain[0].image_embedding, atol=0, rtol=0)
     assert (taps[-1].image_embedding - plain[-1].image_embedding).abs().max() > 1e-6
 
@@ -182,10 +182,10 @@ def test_adapters_never_touch_the_cls_token_and_fused_tokens_feed_the_next_block
 def test_an_early_adapter_changes_the_later_taps(tiny_clip, tiny_images) -> None:
     model = _model(tiny_clip, lambda_fuse=0.1)
     with torch.no_grad():
-        before = model.encode_taps(tiny_images)
+        before = model.embed(tiny_images)
         for parameter in model.adapters[0].parameters():
             parameter.add_(0.5 * torch.randn_like(parameter))
-        after = model.encode_taps(tiny_images)
+        after = model.embed(tiny_images)
     assert torch.equal(before[0].image_embedding, after[0].image_embedding)
     assert (before[0].patch_embedding - after[0].patch_embedding).abs().max() > 1e-4
     for earlier, later in zip(before[1:], after[1:]):
@@ -294,13 +294,17 @@ def test_other_construction_errors(tiny_clip, tiny_images) -> None:
 
 
 def test_config_round_trip_and_unknown_keys() -> None:
-    config = FEClipConfig(backbone="feclip-tiny", pretrained=None, tap_indices=[1, 4], lfs_statistic="abs", basis="dft")
+    config = FEClipConfig(backbone="feclip-tiny", pretrained=None, tap_indices=[1, 4], lfs_statistic="abs", basis="hartley")
     values = config.to_dict()
-    assert values["tap_indices"] == [1, 4] and values["basis"] == "dft"
+    assert values["tap_indices"] == [1, 4] and values["basis"] == "hartley"
     assert FEClipConfig.from_dict(values) == config
     assert FEClipConfig.from_dict(json.loads(json.dumps(values))) == config  # to_dict is JSON-ready
     with pytest.raises(ValueError, match=r"unknown FE-CLIP config keys: \['bogus', 'p_window'\]"):
         FEClipConfig.from_dict({**values, "bogus": 1, "p_window": 3})
+    # "dft" was the Hartley basis' first name: a config (or checkpoint) that says it reads as "hartley".
+    assert FEClipConfig.from_dict({**values, "basis": "dft"}) == config
+    with pytest.raises(ValueError, match=r"unknown frequency basis 'fft'.*\['dct', 'hartley'\]"):
+        FEClipConfig(basis="fft")
 
 
 def test_model_config_records_the_overrides(tiny_clip) -> None:
@@ -348,7 +352,7 @@ def test_scores_are_the_softmax_of_the_tap_embeddings(tiny_clip, tiny_images, te
     model = _model(tiny_clip) if temperature == 0.07 else _model(tiny_clip, temperature=temperature)
     assert model.temperature == temperature
     with torch.no_grad():
-        taps, out = model.encode_taps(tiny_images), model(tiny_images)
+        taps, out = model.embed(tiny_images), model(tiny_images)
     text = model.text_features.double()
     for position, tap in enumerate(taps):
         cosine = F.normalize(tap.image_embedding.double(), dim=-1) @ text.T  # text features are unit-norm
@@ -364,7 +368,7 @@ def test_logit_margin_map(tiny_clip, tiny_images) -> None:
     margin = _model(tiny_clip, map_score="logit_margin")
     margin.load_state_dict(probability.state_dict())
     with torch.no_grad():
-        taps, out, out_probability = margin.encode_taps(tiny_images), margin(tiny_images), probability(tiny_images)
+        taps, out, out_probability = margin.embed(tiny_images), margin(tiny_images), probability(tiny_images)
     text = margin.text_features.double()
     margins = []
     for tap in taps:
@@ -395,7 +399,7 @@ def test_clip_logit_scale_sets_the_temperature(tiny_clip, tiny_images) -> None:
     assert model.temperature == pytest.approx(0.01, rel=1e-5)
     assert default.temperature == 0.07
     with torch.no_grad():
-        taps, out, out_default = model.encode_taps(tiny_images), model(tiny_images), default(tiny_images)
+        taps, out, out_default = model.embed(tiny_images), model(tiny_images), default(tiny_images)
     expected = torch.stack([anomaly_probability(t.image_embedding, model.text_features, 0.01) for t in taps])
     torch.testing.assert_close(out.tap_scores, expected)
     assert (out.tap_scores - out_default.tap_scores).abs().max() > 1e-4
@@ -446,7 +450,7 @@ def test_a_grid_the_windows_do_not_divide() -> None:
     model = FEClip(clip, tokenizer, backbone=TINY_MODEL, pretrained=None)
     assert model.grid_size == (14, 14)
     with torch.no_grad():
-        out, taps = model(images), model.encode_taps(images)
+        out, taps = model(images), model.embed(images)
     assert out.tap_maps.shape == (4, 2, 14, 14) and out.anomaly_map.shape == (2, 112, 112)
     # The first tap's fused tokens, written out in float64: FFE on the 3x3 windows of the grid
     # replicate-padded to 15x15 (DCT, Linear + GELU, inverse DCT), cropped back to 14x14.
@@ -466,4 +470,4 @@ def test_a_grid_the_windows_do_not_divide() -> None:
     expected_map = anomaly_probability(model.fc_patch(clip.visual.ln_post(taps[0].patch_tokens)), model.text_features)
     torch.testing.assert_close(out.tap_maps[0], expected_map)
     identity = FEClip(clip, tokenizer, backbone=TINY_MODEL, pretrained=None, lambda_fuse=0.0)
-    torch.testing.assert_close(identity.encode_taps(images)[-1].image_embedding, clip.encode_image(images), atol=1e-5, rtol=0)
+    torch.testing.assert_close(identity.embed(images)[-1].image_embedding, clip.encode_image(images), atol=1e-5, rtol=0)

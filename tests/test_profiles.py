@@ -91,3 +91,14 @@ def test_announce_outside_a_notebook(capsys: pytest.CaptureFixture[str]) -> None
     assert printed.startswith("Profile: smoke:") and "not the paper's numbers" in printed
     announce(FULL)
     assert capsys.readouterr().out.startswith("Profile: full: ViT-L-14-336 (openai)")
+
+
+def test_dataset_names_are_read_by_one_parser(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from feclip.profiles import dataset_folder
+
+    assert dataset_folder("visa") == ("visa", "visa") and dataset_folder("synth-objects") == ("synth", "objects")
+    monkeypatch.setenv("FECLIP_SMOKE_DATA", str(tmp_path))
+    smoke = resolve_profile("smoke")
+    assert smoke.spec(smoke.train_dataset) == f"synth:{tmp_path / 'objects'}"
+    assert smoke.spec(smoke.eval_dataset) == f"synth:{tmp_path / 'textures'}"
+    assert FULL.spec("mvtec") == f"mvtec:{FULL.data_root / 'mvtec'}"

@@ -1,10 +1,17 @@
 """The detectors FE-CLIP is compared against: plain CLIP, WinCLIP, and few-shot memory banks.
 
-Every class here is an :class:`~feclip.predictor.AnomalyPredictor`: called on normalised
+Every class here is a :class:`~feclip.predictor.Detector` (``embed``, ``predict``, ``set_prompts``,
+``temperature``) and so an :class:`~feclip.predictor.AnomalyPredictor`: called on normalised
 images ``(B, 3, H, W)`` it returns an :class:`~feclip.predictor.AnomalyPrediction`.
 """
 
-from feclip.baselines.clip_zero_shot import ClipZeroShot, ClipZeroShotOutput, prompt_pair
+from feclip.baselines.clip_zero_shot import (
+    ClipZeroShot,
+    ClipZeroShotConfig,
+    ClipZeroShotFeatures,
+    ClipZeroShotOutput,
+    prompt_pair,
+)
 from feclip.baselines.few_shot import (
     FEClipFewShot,
     FewShotOutput,
@@ -15,6 +22,7 @@ from feclip.baselines.few_shot import (
 from feclip.vit import VitTokens, encode_vit, encode_windows
 from feclip.baselines.winclip import (
     WinClip,
+    WinClipConfig,
     WinClipFeatures,
     WinClipOutput,
     harmonic_aggregation,
@@ -25,9 +33,12 @@ from feclip.baselines.winclip import (
 
 __all__ = [
     "ClipZeroShot",
+    "ClipZeroShotConfig",
+    "ClipZeroShotFeatures",
     "ClipZeroShotOutput",
     "prompt_pair",
     "WinClip",
+    "WinClipConfig",
     "WinClipFeatures",
     "WinClipOutput",
     "make_window_masks",

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feclip.frozen import FrozenClipDetector
+from feclip.frozen import FrozenClipDetector, prompt_list
 from feclip.predictor import AnomalyPrediction
 from feclip.prompts import PAPER_PROMPTS, class_prompts
 from feclip.scoring import anomaly_probability
 from feclip.vit import encode_vit, project_tokens
 
-__all__ = ["Prompts", "prompt_pair", "ClipZeroShotOutput", "ClipZeroShot"]
+__all__ = ["Prompts", "prompt_pair", "ClipZeroShotConfig", "ClipZeroShotFeatures", "ClipZeroShotOutput", "ClipZeroShot"]
 
 # A class name, or a (normal, anomalous) pair whose members are one prompt or an ensemble.
 Prompts = Union[str, Sequence[Union[str, Sequence[str]]]]
@@ -48,10 +48,35 @@ def prompt_pair(prompts: Prompts) -> tuple[list[str], list[str]]:
         return [normal], [anomalous]
     if len(prompts) != 2:
         raise ValueError(f"prompts must be a class name or a (normal, anomalous) pair, got {len(prompts)} items")
-    normal, anomalous = ([p] if isinstance(p, str) else list(p) for p in prompts)
-    if not normal or not anomalous:
-        raise ValueError("each side of the prompt pair needs at least one prompt")
-    return normal, anomalous
+    return prompt_list(prompts[0]), prompt_list(prompts[1])
+
+
+@dataclass
+class ClipZeroShotConfig:
+    """Settings of the CLIP zero-shot baseline.
+
+    Attributes:
+        normal_prompts: Prompt ensemble of the normal state.
+        anomalous_prompts: Prompt ensemble of the anomalous state.
+        temperature: Softmax temperature ``tau``.
+    """
+
+    normal_prompts: list[str]
+    anomalous_prompts: list[str]
+    temperature: float = 0.07
+
+
+@dataclass
+class ClipZeroShotFeatures:
+    """What the frozen ViT gives the baseline (:meth:`ClipZeroShot.embed`).
+
+    Attributes:
+        image_embedding: CLS embedding, equal to ``clip.encode_image``, shape ``(B, E)``.
+        patch_embedding: Final-layer patch tokens through ``ln_post`` and the frozen projection, shape ``(B, h, w, E)``.
+    """
+
+    image_embedding: Tensor
+    patch_embedding: Tensor
 
 
 @dataclass
@@ -96,50 +121,26 @@ class ClipZeroShot(FrozenClipDetector):
     ) -> None:
         normal, anomalous = prompt_pair(prompts)
         super().__init__(clip, tokenizer, text_features, normal, anomalous)
-        self.temperature = temperature
-        self.normal_prompts, self.anomalous_prompts = normal, anomalous
-
-    @classmethod
-    def from_open_clip(
-        cls,
-        name: str = "ViT-L-14-336",
-        pretrained: str | None = "openai",
-        prompts: Prompts = PAPER_PROMPTS,
-        *,
-        device: torch.device | str = "cpu",
-        cache_dir: str | None = None,
-        temperature: float = 0.07,
-    ) -> ClipZeroShot:
-        """Create the backbone with open_clip (FE-CLIP's ViT-L/14@336 by default) and wrap it."""
-        from feclip.backbones import create_clip
-
-        clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir)
-        return cls(clip, tokenizer, prompts, temperature).to(device)
-
-    def set_prompts(self, prompts: Prompts) -> None:
-        """Re-embed the text prompts (a class name or a pair of prompts/ensembles)."""
-        normal, anomalous = prompt_pair(prompts)
-        self._embed_prompts(normal, anomalous)
-        self.normal_prompts, self.anomalous_prompts = normal, anomalous
+        self.config = ClipZeroShotConfig(normal, anomalous, temperature)
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> ClipZeroShotOutput:
-        """Image scores, the naive token-grid map and its upsampled pixel map.
-
-        Args:
-            images: Normalised images of shape ``(B, 3, H, W)`` at the backbone's input size.
-
-        Returns:
-            :class:`ClipZeroShotOutput`.
-        """
+    def embed(self, images: Tensor) -> ClipZeroShotFeatures:
+        """The CLS and patch embeddings of normalised images ``(B, 3, H, W)`` at the backbone's input size."""
         visual = self.clip.visual
         tokens = encode_vit(visual, images)
-        image_embedding = project_tokens(visual, tokens.cls_token)  # (B, E), equals clip.encode_image
-        patch_embedding = project_tokens(visual, tokens.patch_tokens)  # (B, h, w, E)
-        pred_score = anomaly_probability(image_embedding, self.text_features, self.temperature)
-        patch_map = anomaly_probability(patch_embedding, self.text_features, self.temperature)
-        anomaly_map = F.interpolate(patch_map[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return ClipZeroShotFeatures(
+            image_embedding=project_tokens(visual, tokens.cls_token),  # (B, E), equals clip.encode_image
+            patch_embedding=project_tokens(visual, tokens.patch_tokens),  # (B, h, w, E)
+        )
+
+    @torch.no_grad()
+    def predict(self, features: ClipZeroShotFeatures, image_size: tuple[int, int]) -> ClipZeroShotOutput:
+        """Image scores, the naive token-grid map and its pixel map upsampled to ``image_size`` ``(H, W)``."""
+        pred_score = anomaly_probability(features.image_embedding, self.text_features, self.temperature)
+        patch_map = anomaly_probability(features.patch_embedding, self.text_features, self.temperature)
+        anomaly_map = F.interpolate(patch_map[:, None], size=image_size, mode="bilinear", align_corners=False)
         return ClipZeroShotOutput(pred_score=pred_score, anomaly_map=anomaly_map[:, 0], patch_map=patch_map)
 
     def extra_repr(self) -> str:
-        return f"normal={self.normal_prompts[:2]}, anomalous={self.anomalous_prompts[:2]}, tau={self.temperature}"
+        c = self.config
+        return f"normal={c.normal_prompts[:2]}, anomalous={c.anomalous_prompts[:2]}, tau={c.temperature}"

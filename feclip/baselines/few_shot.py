@@ -25,6 +25,7 @@ The nearest neighbour is a matrix product, chunked over the query patches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from feclip.baselines.winclip import WinClip, WinClipFeatures, harmonic_aggregation
-from feclip.predictor import AnomalyPrediction
+from feclip.predictor import AnomalyPrediction, Detector
 
 __all__ = [
     "visual_association_score",
@@ -130,7 +131,22 @@ def _check_references(reference_images: Tensor) -> None:
         raise ValueError(f"reference_images must be (K, 3, H, W) with K >= 1, got {tuple(reference_images.shape)}")
 
 
-class WinClipFewShot(nn.Module):
+class _FewShotDetector(Detector):
+    """A zero-shot detector (``self.zero_shot_detector``) plus memory banks: prompts and temperature are its own."""
+
+    zero_shot_detector: nn.Module
+
+    @property
+    def temperature(self) -> float:
+        """The zero-shot detector's softmax temperature."""
+        return self.zero_shot_detector.temperature
+
+    def set_prompts(self, normal: str | Sequence[str], anomalous: str | Sequence[str]) -> None:
+        """Re-embed the zero-shot detector's prompts (the memory banks do not depend on them)."""
+        self.zero_shot_detector.set_prompts(normal, anomalous)
+
+
+class WinClipFewShot(_FewShotDetector):
     """WinCLIP+: WinCLIP zero-shot plus multi-scale memory banks of ``k`` normal references.
 
     Args:
@@ -145,26 +161,30 @@ class WinClipFewShot(nn.Module):
         self.chunk_size = chunk_size
         self.set_reference_images(reference_images)
 
+    @property
+    def zero_shot_detector(self) -> WinClip:
+        return self.winclip
+
     @classmethod
     def from_open_clip(
         cls,
         reference_images: Tensor,
-        name: str = "ViT-B-16-plus-240",
-        pretrained: str | None = "laion400m_e32",
+        name: str = WinClip.default_backbone[0],
+        pretrained: str | None = WinClip.default_backbone[1],
         class_name: str = "object",
         *,
         device: torch.device | str = "cpu",
         **kwargs: Any,
     ) -> WinClipFewShot:
         """WinCLIP+ on an open_clip backbone; ``kwargs`` go to :meth:`WinClip.from_open_clip`."""
-        winclip = WinClip.from_open_clip(name, pretrained, class_name, device=device, **kwargs)
+        winclip = WinClip.from_open_clip(name, pretrained, class_name=class_name, device=device, **kwargs)
         return cls(winclip, reference_images.to(device))
 
     @torch.no_grad()
     def set_reference_images(self, reference_images: Tensor) -> None:
         """(Re)build the patch bank and one window bank per scale from ``K`` normal images ``(K, 3, H, W)``."""
         _check_references(reference_images)
-        features = self.winclip.encode(reference_images)
+        features = self.winclip.embed(reference_images)
         self.patch_bank = PatchMemoryBank(features.patch_features, self.chunk_size)
         self.window_banks = nn.ModuleList(PatchMemoryBank(w, self.chunk_size) for w in features.window_embeddings)
 
@@ -175,16 +195,19 @@ class WinClipFewShot(nn.Module):
             maps.append(harmonic_aggregation(bank(embeddings), masks))
         return torch.stack(maps).mean(dim=0)
 
+    def embed(self, images: Tensor) -> WinClipFeatures:
+        """WinCLIP's features of normalised images ``(B, 3, H, W)`` (:meth:`WinClip.embed`)."""
+        return self.winclip.embed(images)
+
     @torch.no_grad()
-    def forward(self, images: Tensor) -> FewShotOutput:
-        """Few-shot scores and maps for normalised images ``(B, 3, H, W)``."""
-        features = self.winclip.encode(images)
+    def predict(self, features: WinClipFeatures, image_size: tuple[int, int]) -> FewShotOutput:
+        """Few-shot scores and maps (upsampled to ``image_size`` ``(H, W)``) from :meth:`embed`'s features."""
         cls_scores, zero_shot_map, _ = self.winclip.zero_shot(features)
         zero_shot_score = self.winclip.combine_image_score(cls_scores, zero_shot_map)
-        return _combine(zero_shot_score, zero_shot_map, self.association_map(features), tuple(images.shape[-2:]))
+        return _combine(zero_shot_score, zero_shot_map, self.association_map(features), image_size)
 
 
-class FEClipFewShot(nn.Module):
+class FEClipFewShot(_FewShotDetector):
     """FE-CLIP plus one memory bank of normal patches per tap.
 
     Args:
@@ -210,27 +233,35 @@ class FEClipFewShot(nn.Module):
         self.chunk_size = chunk_size
         self.set_reference_images(reference_images)
 
+    @property
+    def zero_shot_detector(self) -> nn.Module:
+        return self.feclip
+
     @torch.no_grad()
     def set_reference_images(self, reference_images: Tensor) -> None:
         """(Re)build one bank per tap; call again after the adapters change."""
         _check_references(reference_images)
         was_training = self.feclip.training
         self.feclip.eval()
-        taps = self.feclip.encode_taps(reference_images)
+        taps = self.feclip.embed(reference_images)
         self.feclip.train(was_training)
         self.banks = nn.ModuleList(PatchMemoryBank(getattr(tap, self.feature), self.chunk_size) for tap in taps)
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> FewShotOutput:
-        """Few-shot scores and maps for normalised images ``(B, 3, H, W)``.
+    def embed(self, images: Tensor) -> list[Any]:
+        """FE-CLIP's tap features of normalised images ``(B, 3, H, W)`` (:meth:`feclip.model.FEClip.embed`)."""
+        return self.feclip.embed(images)
 
-        The zero-shot part is FE-CLIP's own forward (the same maths on the same taps), so the
-        ViT runs once.
+    @torch.no_grad()
+    def predict(self, taps: list[Any], image_size: tuple[int, int]) -> FewShotOutput:
+        """Few-shot scores and maps (upsampled to ``image_size`` ``(H, W)``) from :meth:`embed`'s features.
+
+        The zero-shot part is FE-CLIP's own prediction from the same features (the same maths on the
+        same taps), so the ViT runs once.
         """
-        taps = self.feclip.encode_taps(images)
-        zero_shot = self.feclip.predict_from_taps(taps, tuple(images.shape[-2:]))
+        zero_shot = self.feclip.predict(taps, image_size)
         association = torch.stack([bank(getattr(t, self.feature)) for bank, t in zip(self.banks, taps)]).mean(0)
-        return _combine(zero_shot.pred_score, zero_shot.tap_maps.mean(0), association, tuple(images.shape[-2:]))
+        return _combine(zero_shot.pred_score, zero_shot.tap_maps.mean(0), association, image_size)
 
     def extra_repr(self) -> str:
         return f"feature={self.feature!r}, bank_entries={[len(b) for b in self.banks]}"

@@ -29,8 +29,8 @@ What this implementation does, precisely:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ __all__ = [
     "window_indices",
     "harmonic_aggregation",
     "harmonic_mean",
+    "WinClipConfig",
     "WinClipFeatures",
     "WinClipOutput",
     "WinClip",
@@ -137,6 +138,33 @@ def harmonic_mean(values: Tensor, dim: int = 0) -> Tensor:
 
 
 @dataclass
+class WinClipConfig:
+    """Settings of WinCLIP zero-shot.
+
+    Attributes:
+        class_name: Object name of the prompt ensemble (``"object"`` when unknown).
+        scales: Window sides in patches.
+        stride: Window step in patches.
+        temperature: Softmax temperature ``tau``.
+        include_image_scale: Use the whole-image CLS score as the largest scale of the map.
+        image_score: ``"cls"`` (paper) or ``"mean_cls_map_max"``.
+        chunk_size: Most window sequences per transformer call.
+        normal_prompts: Prompt ensemble of the normal state (WinCLIP's for ``class_name`` unless set otherwise).
+        anomalous_prompts: Prompt ensemble of the anomalous state.
+    """
+
+    class_name: str = "object"
+    scales: tuple[int, ...] = (2, 3)
+    stride: int = 1
+    temperature: float = 0.07
+    include_image_scale: bool = True
+    image_score: ImageScore = "cls"
+    chunk_size: int = 4096
+    normal_prompts: list[str] = field(default_factory=list)
+    anomalous_prompts: list[str] = field(default_factory=list)
+
+
+@dataclass
 class WinClipFeatures:
     """What one pass of the frozen ViT gives WinCLIP.
 
@@ -182,6 +210,8 @@ class WinClip(FrozenClipDetector):
         chunk_size: Most window sequences per transformer call.
         text_features: Precomputed ``(2, E)`` normal/anomalous text embeddings.
 
+    All settings are kept in ``config`` (:class:`WinClipConfig`).
+
     Example:
         >>> clip, tokenizer = feclip.backbones.create_tiny_clip()
         >>> winclip = WinClip(clip, tokenizer, class_name="bottle")
@@ -189,6 +219,8 @@ class WinClip(FrozenClipDetector):
         >>> out.pred_score.shape, out.anomaly_map.shape
         (torch.Size([B]), torch.Size([B, 96, 96]))
     """
+
+    default_backbone: ClassVar[tuple[str, str | None]] = ("ViT-B-16-plus-240", "laion400m_e32")  # the paper's ViT-B/16+
 
     def __init__(
         self,
@@ -210,66 +242,33 @@ class WinClip(FrozenClipDetector):
         scales = tuple(int(s) for s in scales)
         if len(set(scales)) != len(scales) or (not scales and not include_image_scale):
             raise ValueError(f"scales must be distinct (and not empty without the image scale), got {scales}")
-        super().__init__(clip, tokenizer, text_features, *winclip_prompts(class_name))
+        normal, anomalous = winclip_prompts(class_name)
+        super().__init__(clip, tokenizer, text_features, normal, anomalous)
+        self.config = WinClipConfig(class_name, scales, stride, temperature, include_image_scale, image_score, chunk_size,
+                                    list(normal), list(anomalous))
         self.grid_size: tuple[int, int] = tuple(visual.grid_size)
-        self.scales, self.stride = scales, stride
-        self.temperature = temperature
-        self.include_image_scale = include_image_scale
-        self.image_score = image_score
-        self.chunk_size = chunk_size
         for scale in scales:
             masks = make_window_masks(self.grid_size, scale, stride)
             self.register_buffer(f"window_masks_{scale}", masks, persistent=False)
             self.register_buffer(f"window_indices_{scale}", window_indices(masks), persistent=False)
-        self.class_name = class_name
-
-    @classmethod
-    def from_open_clip(
-        cls,
-        name: str = "ViT-B-16-plus-240",
-        pretrained: str | None = "laion400m_e32",
-        class_name: str = "object",
-        *,
-        device: torch.device | str = "cpu",
-        cache_dir: str | None = None,
-        **kwargs: Any,
-    ) -> WinClip:
-        """Create the backbone with open_clip (the paper's ViT-B/16+ by default) and wrap it.
-
-        Args:
-            name: open_clip model name (``"feclip-tiny"`` offline).
-            pretrained: Pretrained tag, checkpoint path, or ``None`` for random weights.
-            class_name: Object name for the prompt ensemble.
-            device: Device of the model.
-            cache_dir: Optional weights cache directory.
-            **kwargs: Other arguments of :class:`WinClip`.
-        """
-        from feclip.backbones import create_clip
-
-        clip, tokenizer = create_clip(name, pretrained, device=device, cache_dir=cache_dir)
-        return cls(clip, tokenizer, class_name, **kwargs).to(device)
 
     @property
     def window_masks(self) -> list[Tensor]:
         """Window masks per scale, each of shape ``(M_s, h, w)``."""
-        return [getattr(self, f"window_masks_{scale}") for scale in self.scales]
+        return [getattr(self, f"window_masks_{scale}") for scale in self.config.scales]
 
     @property
     def window_indices(self) -> list[Tensor]:
         """Patch indices of the windows per scale, each of shape ``(M_s, s*s)``."""
-        return [getattr(self, f"window_indices_{scale}") for scale in self.scales]
+        return [getattr(self, f"window_indices_{scale}") for scale in self.config.scales]
 
     def set_class_name(self, class_name: str) -> None:
         """Re-embed the prompt ensemble for another object class."""
         self.set_prompts(*winclip_prompts(class_name))
-        self.class_name = class_name
-
-    def set_prompts(self, normal: str | Sequence[str], anomalous: str | Sequence[str]) -> None:
-        """Use other normal/anomalous prompts (or ensembles)."""
-        self._embed_prompts(normal, anomalous)
+        self.config.class_name = class_name
 
     @torch.no_grad()
-    def encode(self, images: Tensor) -> WinClipFeatures:
+    def embed(self, images: Tensor) -> WinClipFeatures:
         """One full forward and one batched forward of all windows.
 
         Args:
@@ -283,21 +282,21 @@ class WinClip(FrozenClipDetector):
         tokens = embed_images(visual, images)  # (B, 1 + h*w, D)
         output = run_blocks(visual, tokens)
         patch_features = visual.ln_post(output[:, 1:]).reshape(images.shape[0], height, width, -1)
-        windows = [encode_windows(visual, tokens, indices, self.chunk_size) for indices in self.window_indices]
+        windows = [encode_windows(visual, tokens, indices, self.config.chunk_size) for indices in self.window_indices]
         return WinClipFeatures(project_tokens(visual, output[:, 0]), patch_features, windows)
 
     def zero_shot(self, features: WinClipFeatures) -> tuple[Tensor, Tensor, Tensor]:
         """Zero-shot scores from encoded features.
 
         Args:
-            features: Output of :meth:`encode` for ``B`` images.
+            features: Output of :meth:`embed` for ``B`` images.
 
         Returns:
             ``(cls_scores (B,), patch_map (B, h, w), scale_maps (S, B, h, w))``.
         """
         cls_scores = anomaly_probability(features.image_embedding, self.text_features, self.temperature)
         maps = []
-        if self.include_image_scale:
+        if self.config.include_image_scale:
             maps.append(cls_scores[:, None, None].expand(-1, *self.grid_size))
         for embeddings, masks in zip(features.window_embeddings, self.window_masks):
             window_scores = anomaly_probability(embeddings, self.text_features, self.temperature)  # (B, M)
@@ -307,21 +306,22 @@ class WinClip(FrozenClipDetector):
 
     def combine_image_score(self, cls_scores: Tensor, patch_map: Tensor) -> Tensor:
         """The image score chosen by ``image_score``, shape ``(B,)``."""
-        if self.image_score == "cls":
+        if self.config.image_score == "cls":
             return cls_scores
         return (cls_scores + patch_map.amax(dim=(-2, -1))) / 2
 
-    def forward(self, images: Tensor) -> WinClipOutput:
-        """Image scores and pixel maps.
+    def predict(self, features: WinClipFeatures, image_size: tuple[int, int]) -> WinClipOutput:
+        """Image scores and pixel maps from :meth:`embed`'s features.
 
         Args:
-            images: Normalised images of shape ``(B, 3, H, W)``.
+            features: Output of :meth:`embed`.
+            image_size: ``(H, W)`` the patch map is upsampled to (bilinearly).
 
         Returns:
-            :class:`WinClipOutput`; ``anomaly_map`` is the patch map upsampled bilinearly to ``(H, W)``.
+            :class:`WinClipOutput`.
         """
-        cls_scores, patch_map, scale_maps = self.zero_shot(self.encode(images))
-        anomaly_map = F.interpolate(patch_map[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        cls_scores, patch_map, scale_maps = self.zero_shot(features)
+        anomaly_map = F.interpolate(patch_map[:, None], size=image_size, mode="bilinear", align_corners=False)
         return WinClipOutput(
             pred_score=self.combine_image_score(cls_scores, patch_map),
             anomaly_map=anomaly_map[:, 0],
@@ -330,7 +330,8 @@ class WinClip(FrozenClipDetector):
         )
 
     def extra_repr(self) -> str:
+        c = self.config
         return (
-            f"class_name={self.class_name!r}, grid={self.grid_size}, scales={self.scales}, stride={self.stride}, "
-            f"image_scale={self.include_image_scale}, image_score={self.image_score!r}, tau={self.temperature}"
+            f"class_name={c.class_name!r}, grid={self.grid_size}, scales={c.scales}, stride={c.stride}, "
+            f"image_scale={c.include_image_scale}, image_score={c.image_score!r}, tau={c.temperature}"
         )

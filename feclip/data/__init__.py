@@ -1,22 +1,21 @@
-"""Datasets for zero-shot anomaly detection, and the zero-shot protocol itself.
+"""Datasets for zero-shot anomaly detection.
 
 Every dataset is a torch ``Dataset`` of :class:`AnomalyItem` dicts (``image``, ``mask``,
 ``label``, ``category``, ``defect_type``, ``path``, ``has_mask``) transformed for one
-backbone by an :class:`AnomalyTransform` (see :func:`transforms_for_clip`).
+backbone by an :class:`AnomalyTransform` (see :func:`transforms_for_clip`), built from a
+``KIND:PATH`` spec by :func:`build_dataset` (:func:`parse_spec` reads the spec).
 
 The zero-shot protocol of FE-CLIP (and AnomalyCLIP, AdaCLIP before it): the adapters are
-trained on an *auxiliary* dataset and evaluated on a *target* dataset whose images, categories
-and defects were never seen. Training uses the auxiliary dataset's **test** split, because only
-it has anomalies and pixel masks to supervise the segmentation loss; the train splits (normal
-images only) are not used at all. :data:`AUXILIARY_DATASET` names the pairs of the paper
-(VisA -> MVTec AD and MVTec AD -> VisA) and their offline stand-in on the synthetic benchmark.
+trained on an *auxiliary* dataset's **test** split, the only one with anomalies and pixel masks
+to supervise the segmentation loss, and evaluated on a *target* dataset whose images, categories
+and defects were never seen. The run profiles (:mod:`feclip.profiles`) name the pairs and
+:mod:`feclip.protocol` checks them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from feclip.data.base import (
     IMAGE_EXTENSIONS,
@@ -46,52 +45,35 @@ from feclip.data.transforms import AnomalyTransform, to_display, transforms_for_
 from feclip.data.visa import VISA_CATEGORIES, VisA
 
 __all__ = [
-    "AUXILIARY_DATASET", "DATASET_KINDS", "DEFECT_TYPES", "FAMILIES", "IMAGE_EXTENSIONS", "MVTEC_CATEGORIES",
+    "DATASET_KINDS", "DEFECT_TYPES", "FAMILIES", "IMAGE_EXTENSIONS", "MVTEC_CATEGORIES",
     "OBJECT_CATEGORIES", "TEXTURE_CATEGORIES", "UNKNOWN_LABEL", "VISA_CATEGORIES",
     "AnomalyDataset", "AnomalyItem", "AnomalyTransform", "EmptyMaskWarning", "FolderDataset", "ImageReadError",
     "MVTecAD", "MaskSizeError",
-    "Sample", "SyntheticDataset", "VisA", "ZeroShotSplit",
+    "Sample", "SyntheticDataset", "VisA",
     "build_dataset", "generate_benchmark", "generate_synthetic_dataset", "load_mask", "load_rgb",
-    "render_sample", "to_display", "training_split_for_zero_shot", "transforms_for_clip", "unnormalize",
+    "parse_spec", "render_sample", "to_display", "transforms_for_clip", "unnormalize",
 ]
 
 DATASET_KINDS = ("mvtec", "visa", "folder", "synth")
 
-# Target dataset -> the dataset FE-CLIP is trained on before being evaluated on the target.
-AUXILIARY_DATASET: dict[str, str] = {
-    "mvtec": "visa",
-    "visa": "mvtec",
-    "synth_objects": "synth_textures",
-    "synth_textures": "synth_objects",
-}
-
-
-class ZeroShotSplit(NamedTuple):
-    """Which data trains and which evaluates in one zero-shot experiment."""
-
-    train_dataset: str
-    train_split: str
-    eval_dataset: str
-    eval_split: str
-
-
-def training_split_for_zero_shot(target: str) -> ZeroShotSplit:
-    """Name the training data for a zero-shot evaluation on ``target``.
-
-    FE-CLIP trains its frequency adapters on the auxiliary dataset's **test** split (the only
-    split with anomalies and masks) and is then evaluated on the target's test split, which it
-    never sees during training. Example: ``training_split_for_zero_shot("mvtec")`` ->
-    ``ZeroShotSplit("visa", "test", "mvtec", "test")``.
+def parse_spec(spec: str) -> tuple[str, Path]:
+    """``"KIND:PATH"`` as ``(kind, path)``, the one reader of a dataset spec.
 
     Args:
-        target: A key of :data:`AUXILIARY_DATASET`.
+        spec: A dataset spec such as ``"mvtec:data/mvtec"`` (``~`` is expanded).
 
     Returns:
-        The :class:`ZeroShotSplit` of the experiment.
+        The kind, lower-cased (one of :data:`DATASET_KINDS`), and the path.
+
+    Raises:
+        ValueError: No kind, or an unknown one; the message lists the valid kinds.
     """
-    if target not in AUXILIARY_DATASET:
-        raise ValueError(f"no auxiliary dataset known for {target!r}; known targets: {list(AUXILIARY_DATASET)}")
-    return ZeroShotSplit(AUXILIARY_DATASET[target], "test", target, "test")
+    kind, separator, raw_path = spec.partition(":")
+    kind = kind.strip().lower()
+    if not separator or kind not in DATASET_KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r} in {spec!r}; valid kinds: {list(DATASET_KINDS)} "
+                         "(write kind:PATH, e.g. mvtec:data/mvtec)")
+    return kind, Path(raw_path).expanduser()
 
 
 def _folder_dataset(path: Path, **kwargs) -> FolderDataset:
@@ -132,12 +114,8 @@ def build_dataset(
     Returns:
         The dataset.
     """
-    kind, separator, raw_path = spec.partition(":")
-    kind = kind.strip().lower()
-    if not separator or kind not in DATASET_KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r} in {spec!r}; valid kinds: {list(DATASET_KINDS)} "
-                         "(write kind:PATH, e.g. mvtec:data/mvtec)")
-    path = Path(raw_path).expanduser()
+    kind, path = parse_spec(spec)
+    raw_path = spec.partition(":")[2]
     if not raw_path or not path.exists():
         hint = " (create it with feclip.data.generate_benchmark)" if kind == "synth" else ""
         raise FileNotFoundError(f"dataset path not found: {raw_path!r}{hint}")

@@ -4,7 +4,7 @@ Labels come from which folder an image is in:
 
 * ``normal_dir``: label 0, ``defect_type="good"``, empty mask (``has_mask=True``);
 * ``abnormal_dir``: label 1, ``defect_type="anomaly"``; its mask is looked up in ``mask_dir``
-  by file stem (``<stem>.png`` or ``<stem>_mask.png``). Without a mask the item has
+  by file stem (``<stem>_mask.*`` or ``<stem>.*``, :func:`feclip.data.mvtec.find_mask`). Without a mask the item has
   ``has_mask=False`` and downstream pixel metrics skip it;
 * ``image_dir``: images of unknown status for prediction only: label ``-1``,
   ``defect_type="unknown"``, ``has_mask=False``. Image metrics need labels 0/1, so keep
@@ -17,17 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from feclip.data.base import UNKNOWN_LABEL, AnomalyDataset, Sample, list_images, resolve_transform
+from feclip.data.mvtec import find_mask
 from feclip.data.transforms import AnomalyTransform, ImageSize
 
-__all__ = ["FolderDataset", "find_folder_mask"]
-
-
-def find_folder_mask(mask_dir: Path, image_path: Path) -> Path | None:
-    """The mask for ``image_path`` in ``mask_dir``: ``<stem>.png`` first, then ``<stem>_mask.png``."""
-    for name in (f"{image_path.stem}.png", f"{image_path.stem}_mask.png"):
-        if (mask_dir / name).is_file():
-            return mask_dir / name
-    return None
+__all__ = ["FolderDataset"]
 
 
 def _images_in(directory: str | Path, role: str) -> list[Path]:
@@ -84,7 +77,7 @@ class FolderDataset(AnomalyDataset):
             samples += [Sample(p, 0, category, "good") for p in _images_in(normal_dir, "normal")]
         if abnormal_dir is not None:
             for path in _images_in(abnormal_dir, "abnormal"):
-                mask = find_folder_mask(Path(mask_dir), path) if mask_dir is not None else None
+                mask = find_mask(Path(mask_dir), path) if mask_dir is not None else None
                 samples.append(Sample(path, 1, category, "anomaly", mask, has_mask=mask is not None))
         if image_dir is not None:
             samples += [Sample(p, UNKNOWN_LABEL, category, "unknown", None, has_mask=False)

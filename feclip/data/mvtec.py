@@ -43,7 +43,12 @@ def find_categories(root: Path) -> list[str]:
 
 
 def find_mask(ground_truth_dir: Path, image_path: Path) -> Path | None:
-    """The mask of ``image_path`` in ``ground_truth_dir``: ``<stem>_mask.*`` (MVTec) or ``<stem>.*`` (BTAD)."""
+    """The mask of ``image_path`` in ``ground_truth_dir``, the one mask finder of every reader.
+
+    ``<stem>_mask.*`` (MVTec's name) first, then ``<stem>.*`` (BTAD's, and a folder of masks named
+    after their images): the explicit name wins, so a mask folder that also holds the images
+    never returns the image itself. Extensions: ``.png`` first, then every image extension.
+    """
     for name in (f"{image_path.stem}_mask", image_path.stem):
         for extension in (".png",) + IMAGE_EXTENSIONS:
             candidate = ground_truth_dir / f"{name}{extension}"
