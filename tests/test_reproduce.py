@@ -14,9 +14,11 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 import feclip.recipes as recipes
 from feclip.data import build_dataset, transforms_for_clip
@@ -305,6 +307,40 @@ def test_the_command_line_runs_the_same_reproduction(smoke_run, monkeypatch: pyt
     full = parser.parse_args(["--profile", "full", "--smoke-categories", "1"])
     with pytest.raises(ValueError, match="--smoke-categories applies to the smoke profile only"):
         run_reproduce(full)
+
+
+def _noise_image(path: Path, rng: np.random.Generator) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def test_every_downloaded_target_is_evaluated_whatever_its_reader(smoke_data: Path, tmp_path: Path) -> None:
+    """MVTec AD -> every other set under the data root: an image-level folder set and an all-anomalous polyp set."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("mvtec", "visa"):
+        (root / name).symlink_to(smoke_data / name)
+    rng = np.random.default_rng(0)
+    for state in ("good", "abnormal"):  # BrainMRI as prepared: image labels only
+        for index in range(3):
+            _noise_image(root / "brainmri" / state / f"{index}.png", rng)
+    for index in range(3):  # Kvasir as prepared: MVTec layout, every test image a polyp
+        _noise_image(root / "kvasir" / "polyp" / "test" / "polyp" / f"{index}.png", rng)
+        mask = np.zeros((40, 40), np.uint8)
+        mask[5:15, 5 + index:20] = 255
+        (root / "kvasir" / "polyp" / "ground_truth" / "polyp").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(root / "kvasir" / "polyp" / "ground_truth" / "polyp" / f"{index}_mask.png")
+    tiny = replace(SMOKE, name="tiny-on-prepared-layouts")  # not the smoke profile: the data root is used as given
+    result = reproduce(tiny, [0], results_root=tmp_path / "results", data_root=root, epochs=1, map_sigmas=[0],
+                       progress=False)
+    per_seed = result.per_seed.set_index("target")
+    assert per_seed.index.tolist() == ["mvtec", "visa", "brainmri", "kvasir"]
+    assert per_seed.auxiliary.tolist() == ["visa", "mvtec", "mvtec", "mvtec"]
+    assert np.isfinite(per_seed.loc["brainmri", "image_auroc"]) and np.isnan(per_seed.loc["brainmri", "pixel_auroc"])
+    assert np.isnan(per_seed.loc["kvasir", "image_auroc"]) and np.isfinite(per_seed.loc["kvasir", "pixel_auroc"])
+    brainmri_paper = result.summary[(result.summary.dataset == "brainmri") & (result.summary.source == "paper")].iloc[0]
+    assert brainmri_paper.image_auroc == 94.8 and np.isnan(brainmri_paper.pixel_auroc)  # Table 1 only
+    assert "SMOKE" not in result.files["summary_md"].read_text()
 
 
 def test_evaluation_files_are_checked_when_read(tmp_path: Path) -> None:

@@ -60,8 +60,8 @@ def _ours(per_seed: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for (target, auxiliary, sigma), group in per_seed.groupby(["target", "auxiliary", "map_sigma"], sort=False):
         first = group.iloc[0]
-        setting = (f"{first['backbone']} ({_weights(first['pretrained'])}), {first['epochs_trained']} "
-                   f"epochs, {first['resize_mode']} resize, {first['map_score']} map")
+        setting = (f"{first['backbone']} ({_weights(first['pretrained'])}), epochs {first['epochs_trained']}, "
+                   f"{first['resize_mode']} resize, {first['map_score']} map")
         row = {"dataset": target, "trained_on": auxiliary, "source": "feclip", "smoke": bool(first["smoke"]),
                "setting": setting + (", synthetic stand-in data" if first["smoke"] else ""),
                "map_sigma": sigma, "n_seeds": len(group)}
@@ -159,14 +159,15 @@ def _summary_markdown(summary: pd.DataFrame, produced_by: dict[str, Any]) -> str
         f"Produced by feclip {produced_by.get('feclip_version')} (commit {commit[:12] if commit else 'unknown'}) "
         f"with the `{produced_by.get('profile')}` profile: backbone `{produced_by.get('backbone')}` "
         f"({_weights(produced_by.get('pretrained'))}) on {produced_by.get('device')}, "
-        f"{produced_by.get('epochs')} epochs at batch {produced_by.get('batch_size')}, seeds {seeds}, "
+        f"epochs {produced_by.get('epochs')}, batch {produced_by.get('batch_size')}, seeds {seeds}, "
         f"`{produced_by.get('resize_mode')}` resize, `{produced_by.get('map_score')}` map, evaluation capped at "
         f"{produced_by.get('images_per_category') or 'no'} images per category; started "
         f"{produced_by.get('started')}, tables written {produced_by.get('date')}.",
         "",
         "Macro averages over each data set's categories, in percent. feclip: mean ± standard deviation over "
         "seeds (sample, n − 1), each seed a separate training run on the auxiliary data set's test split. "
-        "σ: Gaussian smoothing of the maps in pixels before the pixel metrics. – : not reported. "
+        "σ: Gaussian smoothing of the maps in pixels before the pixel metrics. – : not reported, or undefined "
+        "(pixel metrics without masks, image metrics when every image is anomalous). "
         "† derived from the source's per-seed values, not printed there.",
         "",
         _markdown_table(headers, rows),
