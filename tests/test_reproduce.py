@@ -42,7 +42,7 @@ from feclip.reproduce import (
     write_smoke_data,
 )
 from feclip.reproduce import runner
-from feclip.reproduce.plan import choose_output_folder, find_targets, read_manifest, write_manifest
+from feclip.reproduce.plan import choose_output_folder, find_targets, git_commit, read_manifest, write_manifest
 from feclip.reproduce.reported import REFERENCE_PER_SEED
 
 SIZES = SmokeSizes(categories_per_family=1)  # one category per family: seconds per run on a CPU
@@ -148,6 +148,25 @@ def test_output_folder_resumes_an_unfinished_plan_and_never_mixes_plans(smoke_da
     assert read_manifest(first)["finished"] is True
     assert choose_output_folder(plan, tmp_path, today=day2) == tmp_path / "2026-01-02"
     assert choose_output_folder(plan, tmp_path, today=day1) == first  # the same plan, finished today: reused
+
+
+def test_git_commit_is_feclips_own_and_none_outside_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    import feclip
+
+    package = Path(feclip.__file__).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True)
+    commit = git_commit()
+    if head.returncode == 0:
+        assert commit.removesuffix("-dirty") == head.stdout.strip()
+    (tmp_path / "feclip").mkdir()
+    (tmp_path / "feclip" / "__init__.py").write_text("")
+    (tmp_path / "README").write_text("another project")
+    for command in (["init", "-q"], ["add", "README"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *command], cwd=tmp_path, check=True)  # another project's repository, feclip untracked
+    monkeypatch.setattr(feclip, "__file__", str(tmp_path / "feclip" / "__init__.py"))
+    assert git_commit() is None
 
 
 # --------------------------------------------------------------------------- one model pass, several sigmas

@@ -165,15 +165,26 @@ def plan_key(plan: Plan) -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    """The commit of the feclip source tree, if it is a git checkout and git is installed."""
+    """The commit of the feclip source tree (``-dirty`` when its files differ from it), or ``None``.
+
+    ``None`` when feclip is not in a git checkout (an installed wheel), or git is missing.
+    """
+    package = Path(feclip.__file__).parent
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *arguments], cwd=package, capture_output=True, text=True, timeout=10,
+                              check=False)
+
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(feclip.__file__).parent,
-                                capture_output=True, text=True, timeout=10, check=False)
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:  # not feclip's own repository
+            return None
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--", ".").returncode != 0
     except (OSError, subprocess.SubprocessError):
         return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def provenance(profile: Profile) -> dict[str, Any]:

@@ -132,6 +132,9 @@ def evaluate_at_sigmas(model: FEClip, dataset: AnomalyDataset, sigmas: Sequence[
 
     Returns:
         ``{sigma: table}``, each table exactly what ``evaluate(model, dataset, map_sigma=sigma)`` gives.
+
+    With several sigmas the maps are held on the CPU in float32 between the passes: 0.45 MB per
+    image at 336 px, about 1 GB for VisA's 2,162 test images.
     """
     sigmas = [float(sigma) for sigma in sigmas]
     if not sigmas:
@@ -278,7 +281,8 @@ def reproduce(
     plan_profile = with_plan_settings(base, data_root=root, epochs=epochs, images_per_category=images_per_category)
     plan = Plan(plan_profile, seeds, find_targets(root, datasets), sigmas, sizes.to_dict() if sizes else None)
     out = choose_output_folder(plan, Path(results_root).expanduser(), Path(out).expanduser() if out else None)
-    _say(f"writing to {out} ({len(plan.runs)} runs, targets {', '.join(plan.targets)}, seeds {list(seeds)})")
+    _say(f"profile {plan_profile.name} ({plan_profile.backbone}, data {root}): writing to {out}, {len(plan.runs)} runs, "
+         f"targets {', '.join(plan.targets)}, seeds {list(seeds)}")
     write_manifest(out, plan, finished=False)
     for number, run in enumerate(plan.runs, 1):
         _say(f"run {number}/{len(plan.runs)}")

@@ -154,9 +154,10 @@ def _summary_markdown(summary: pd.DataFrame, produced_by: dict[str, Any]) -> str
     lines = ["# FE-CLIP zero-shot reproduction", ""]
     if smoke:
         lines += [f"> **{produced_by.get('label', 'SMOKE RUN')}**", ""]
-    commit = produced_by.get("git_commit")
+    commit = produced_by.get("git_commit") or "unknown"
+    commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
     lines += [
-        f"Produced by feclip {produced_by.get('feclip_version')} (commit {commit[:12] if commit else 'unknown'}) "
+        f"Produced by feclip {produced_by.get('feclip_version')} (commit {commit}) "
         f"with the `{produced_by.get('profile')}` profile: backbone `{produced_by.get('backbone')}` "
         f"({_weights(produced_by.get('pretrained'))}) on {produced_by.get('device')}, "
         f"epochs {produced_by.get('epochs')}, batch {produced_by.get('batch_size')}, seeds {seeds}, "
