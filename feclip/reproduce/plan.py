@@ -29,7 +29,7 @@ from typing import Any
 import feclip
 from feclip.checkpoint import atomic_write
 from feclip.data.sources import SOURCES, check_layout, get_source
-from feclip.model import FEClipConfig
+from feclip.config import FEClipConfig
 from feclip.profiles import Profile
 
 __all__ = [
