@@ -1,5 +1,8 @@
-"""feclip: zero-shot industrial anomaly detection with CLIP, WinCLIP and FE-CLIP."""
+"""feclip: zero-shot industrial anomaly detection with CLIP, WinCLIP and FE-CLIP.
 
-from feclip import backbones  # noqa: F401  (registers the feclip-tiny open_clip config)
+Importing the package imports nothing heavy (the command line's ``--help`` must answer at once);
+:mod:`feclip.backbones` registers the ``feclip-tiny`` open_clip config when it is first imported,
+which every module that builds a backbone does.
+"""
 
 __version__ = "0.1.0"

@@ -1,22 +1,38 @@
-"""Recipes that put a profile to work: its model, its data sets, and "load or train".
+"""Recipes that put a run to work: its model, its data sets, its training config, and "load or train".
 
-The notebooks and smoke runs are thin callers of these. ``load_or_train`` follows the
-"load or train" habit: a chapter that needs a trained FE-CLIP loads the checkpoint an
-earlier chapter (or an earlier session) wrote, resumes it if training was cut off, and
-trains from scratch only when there is nothing to load.
+This is the one place a training run is set up. The notebooks call :func:`load_or_train` (and the
+pieces), ``feclip train`` and ``feclip reproduce`` build their model, data and config with the same
+functions:
+
+* :func:`build_model`: a fresh FE-CLIP on a profile's backbone (the backbone from
+  :func:`feclip.backbones.create_clip`, the adapters seeded by the profile's seed);
+* :func:`training_data`: the training set (the auxiliary data set's test split), its validation set
+  (held out of it, or another auxiliary set) and the named target, checked by :mod:`feclip.protocol`;
+* :func:`train_config`: the profile's training hyper-parameters.
+
+``load_or_train`` follows the "load or train" habit: a chapter that needs a trained FE-CLIP loads
+the checkpoint an earlier chapter (or an earlier session) wrote, resumes it if training was cut off,
+and trains from scratch only when there is nothing to load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from feclip.backbones import create_clip
 from feclip.checkpoint import read_metadata
+from feclip.config import FEClipConfig
 from feclip.data import AnomalyDataset, build_dataset, transforms_for_clip
-from feclip.model import FEClip, FEClipConfig
+from feclip.model import FEClip
 from feclip.profiles import Profile, ensure_data
+from feclip.protocol import check_training_data, data_record
+from feclip.taps import TAP_SETS, tap_set
 from feclip.train import History, TrainConfig, train
 
 # Training settings that make a finished run a different run (device, workers and logging do not).
@@ -27,22 +43,93 @@ _MODEL_RUN_DEFINING = ("fc_patch_init", "resize_mode")
 # Model settings that only change how a trained model reports: applied to a loaded model, never compared.
 _INFERENCE_ONLY = ("map_score",)
 
-__all__ = ["build_model", "profile_datasets", "train_config", "default_run_dir", "load_or_train"]
+__all__ = ["TrainingData", "build_model", "training_data", "profile_datasets", "train_config", "default_run_dir",
+           "load_or_train"]
 
 
-def build_model(profile: Profile, **overrides: Any) -> FEClip:
+def build_model(profile: Profile, *, quick_gelu: bool | None = None, backbone_seed: int | None = None,
+                **overrides: Any) -> FEClip:
     """A fresh FE-CLIP on the profile's backbone.
 
     Args:
-        profile: The run profile.
-        **overrides: Fields of :class:`feclip.model.FEClipConfig` (taps, lambda, ...).
+        profile: The run profile: its ``backbone``, ``pretrained``, ``device`` and ``seed`` (of the adapters'
+            and ``fc_patch``'s initialisation, and of a random backbone unless ``backbone_seed`` says otherwise).
+        quick_gelu: The activation of a weights file that cannot tell (:func:`feclip.backbones.uses_quick_gelu`).
+        backbone_seed: Seed of a random backbone (``pretrained=None``); default: ``profile.seed``.
+        **overrides: Fields of :class:`feclip.config.FEClipConfig` (taps, lambda, ...); ``tap_indices`` may
+            name a tap set (``"spread_5"``), scaled to the backbone's depth.
 
     Returns:
-        The model on ``profile.device``.
+        The model on ``profile.device``; the same call builds the same model whatever the global RNG.
     """
-    return FEClip.from_open_clip(
-        profile.backbone, profile.pretrained, device=profile.device, seed=profile.seed, **overrides
-    )
+    seed = profile.seed if backbone_seed is None else backbone_seed
+    clip, tokenizer = create_clip(profile.backbone, profile.pretrained, device=profile.device, seed=seed,
+                                  quick_gelu=quick_gelu)
+    if isinstance(overrides.get("tap_indices"), str):
+        if overrides["tap_indices"] not in TAP_SETS:
+            raise ValueError(f"unknown tap set {overrides['tap_indices']!r}; choose one of {sorted(TAP_SETS)}")
+        overrides["tap_indices"] = tap_set(overrides["tap_indices"], len(clip.visual.transformer.resblocks))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(profile.seed)  # the adapters' and fc_patch's initialisation
+        model = FEClip(clip, tokenizer, **overrides)
+    return model.to(profile.device)
+
+
+@dataclass
+class TrainingData:
+    """The data sets of one training run, checked against the zero-shot protocol.
+
+    Attributes:
+        train: The training set: the auxiliary data set's test split (less any held-out part).
+        val: The validation set (auxiliary side only), or ``None``.
+        target: The data set the run will be evaluated on, if named (never trained on), or ``None``.
+        run_info: What the checkpoints record about them (``extra["run"]``, :func:`feclip.protocol.data_record`).
+    """
+
+    train: AnomalyDataset
+    val: AnomalyDataset | None
+    target: AnomalyDataset | None
+    run_info: dict[str, Any]
+
+
+def training_data(
+    model: FEClip,
+    train_spec: str,
+    *,
+    val_spec: str | None = None,
+    val_fraction: float | None = None,
+    target_spec: str | None = None,
+    seed: int = 0,
+) -> TrainingData:
+    """Build and check a run's data sets, transformed for ``model``'s backbone and resize mode.
+
+    Args:
+        model: The model the items must fit.
+        train_spec: ``KIND:PATH`` of the auxiliary data set (its test split is trained on).
+        val_spec: ``KIND:PATH`` of another auxiliary data set to validate on.
+        val_fraction: Or: the share of the training set to hold out for validation (stratified, seeded).
+        target_spec: ``KIND:PATH`` of the data set the run will be evaluated on (checked, recorded, not trained on).
+        seed: Seed of the held-out split.
+
+    Raises:
+        ValueError: A fraction outside ``(0, 1)``, or both ways of validating.
+        feclip.protocol.ProtocolError: The validation set is training data, or the target shares categories.
+    """
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if val_fraction is not None and val_spec is not None:
+        raise ValueError("validate on a held-out fraction of the training set or on another data set, not both")
+    transform = transforms_for_clip(model.clip, resize_mode=model.config.resize_mode)
+    train_set = build_dataset(train_spec, split="test", transform=transform)
+    val_set = build_dataset(val_spec, split="test", transform=transform) if val_spec else None
+    if val_fraction is not None:
+        train_set, val_set = train_set.holdout(val_fraction, seed=seed)
+    target_set = build_dataset(target_spec, split="test", transform=transform) if target_spec else None
+    check_training_data(train_set, val_set, target_set)
+    holdout = {"holdout_fraction": val_fraction} if val_fraction else {}
+    run_info = {"train": data_record(train_spec, train_set), "val": data_record(val_spec, val_set, **holdout),
+                "target": data_record(target_spec, target_set)}
+    return TrainingData(train_set, val_set, target_set, run_info)
 
 
 def profile_datasets(profile: Profile, model: FEClip) -> tuple[AnomalyDataset, AnomalyDataset]:
@@ -61,10 +148,8 @@ def profile_datasets(profile: Profile, model: FEClip) -> tuple[AnomalyDataset, A
         ``(train_dataset, eval_dataset)``.
     """
     ensure_data(profile)
-    transform = transforms_for_clip(model.clip, resize_mode=model.config.resize_mode)
-    train_set = build_dataset(profile.spec(profile.train_dataset), split="test", transform=transform)
-    eval_set = build_dataset(profile.spec(profile.eval_dataset), split="test", transform=transform)
-    return train_set, eval_set.limit_per_category(profile.max_images_per_category)
+    data = training_data(model, profile.spec(profile.train_dataset), target_spec=profile.spec(profile.eval_dataset))
+    return data.train, data.target.limit_per_category(profile.max_images_per_category)
 
 
 def train_config(profile: Profile, **overrides: Any) -> TrainConfig:
@@ -95,6 +180,31 @@ def default_run_dir(profile: Profile, name: str = "feclip") -> Path:
     return root / profile.name / name
 
 
+def _finished_run(profile: Profile, run_dir: Path, config: TrainConfig, model_overrides: dict[str, Any]
+                  ) -> tuple[FEClip, History] | None:
+    """The run in ``run_dir`` if it finished with this configuration; ``None`` if it did not finish."""
+    checkpoint = run_dir / "last.safetensors"
+    if not (checkpoint.is_file() and (run_dir / "history.json").is_file()):
+        return None
+    history = History.load(run_dir)
+    if len(history) < config.epochs:
+        return None
+    model = FEClip.load(checkpoint, device=profile.device)
+    saved = read_metadata(checkpoint).get("extra", {}).get("train_config")
+    saved_training = TrainConfig.from_dict(saved).to_dict() if saved else {}
+    wanted_training = config.to_dict()
+    wanted_model = {name: getattr(FEClipConfig(), name) for name in _MODEL_RUN_DEFINING}
+    wanted_model |= {k: v for k, v in model_overrides.items() if k not in _INFERENCE_ONLY}
+    differing = {k: v for k, v in wanted_model.items() if getattr(model.config, k) != v}
+    differing |= {k: wanted_training[k] for k in _RUN_DEFINING if saved_training.get(k, wanted_training[k]) != wanted_training[k]}
+    if differing:
+        raise ValueError(f"{run_dir} holds a run with another configuration ({differing}); use another run_dir")
+    for name in _INFERENCE_ONLY:
+        if name in model_overrides:
+            setattr(model.config, name, model_overrides[name])
+    return model.eval(), history
+
+
 def load_or_train(
     profile: Profile,
     run_dir: str | Path | None = None,
@@ -110,32 +220,19 @@ def load_or_train(
         run_dir: Run folder (default :func:`default_run_dir`); use one folder per configuration.
         progress: Show tqdm bars while training.
         train_overrides: Fields of :class:`feclip.train.TrainConfig` to change.
-        **model_overrides: Fields of :class:`feclip.model.FEClipConfig` to change.
+        **model_overrides: Fields of :class:`feclip.config.FEClipConfig` to change.
 
     Returns:
         ``(model, history)``, the model in eval mode.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(profile)
     config = train_config(profile, **(train_overrides or {}))
-    checkpoint = run_dir / "last.safetensors"
-    if checkpoint.is_file() and (run_dir / "history.json").is_file():
-        history = History.load(run_dir)
-        if len(history) >= config.epochs:
-            model = FEClip.load(checkpoint, device=profile.device)
-            saved = read_metadata(checkpoint).get("extra", {}).get("train_config")
-            saved_training = TrainConfig.from_dict(saved).to_dict() if saved else {}
-            wanted_training = config.to_dict()
-            wanted_model = {name: getattr(FEClipConfig(), name) for name in _MODEL_RUN_DEFINING}
-            wanted_model |= {k: v for k, v in model_overrides.items() if k not in _INFERENCE_ONLY}
-            differing = {k: v for k, v in wanted_model.items() if getattr(model.config, k) != v}
-            differing |= {k: wanted_training[k] for k in _RUN_DEFINING if saved_training.get(k, wanted_training[k]) != wanted_training[k]}
-            if differing:
-                raise ValueError(f"{run_dir} holds a run with another configuration ({differing}); use another run_dir")
-            for name in _INFERENCE_ONLY:
-                if name in model_overrides:
-                    setattr(model.config, name, model_overrides[name])
-            return model.eval(), history
+    finished = _finished_run(profile, run_dir, config, model_overrides)
+    if finished is not None:
+        return finished
     model = build_model(profile, **model_overrides)
-    train_set, _ = profile_datasets(profile, model)
-    history = train(model, train_set, config, out_dir=run_dir, resume="auto", progress=progress)
+    ensure_data(profile)
+    data = training_data(model, profile.spec(profile.train_dataset), target_spec=profile.spec(profile.eval_dataset))
+    history = train(model, data.train, config, out_dir=run_dir, resume="auto", progress=progress,
+                    run_info=data.run_info)
     return model.eval(), history

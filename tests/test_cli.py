@@ -311,3 +311,72 @@ def test_help_reads_well(capsys) -> None:
     assert result.returncode == 0 and result.stdout.startswith("usage: feclip")
     for command in ("synth", "train", "eval", "predict", "examples:"):
         assert command in result.stdout
+
+
+# --- the command line's structure ------------------------------------------------------------------------
+
+
+def test_help_imports_no_torch() -> None:
+    """``feclip --help`` and every subcommand's own ``--help`` answer without importing torch (seconds to load)."""
+    code = ("import sys\nfrom feclip.cli import main\nfor argv in {argvs!r}:\n    try:\n        main(argv)\n"
+            "    except SystemExit as exit:\n        assert exit.code == 0, argv\n"
+            "print(sorted(name for name in ('torch', 'open_clip', 'numpy', 'pandas') if name in sys.modules))")
+    argvs = [["--help"], *[[command, "--help"] for command in ("synth", "train", "eval", "predict")]]
+    result = subprocess.run([sys.executable, "-c", code.format(argvs=argvs)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_offered_values_are_the_librarys() -> None:
+    import feclip.cli.choices as choices
+    from feclip.adapters import LFS_STATISTICS
+    from feclip.backbones import TINY_MODEL
+    from feclip.config import FC_PATCH_INITS, MAP_SCORES
+    from feclip.data import DATASET_KINDS
+    from feclip.data.synthetic import FAMILIES
+    from feclip.data.transforms import RESIZE_MODES
+    from feclip.dct import BASES, canonical_basis
+    from feclip.evaluate import DEFAULT_MAP_SIGMA
+    from feclip.model import FEClip
+    from feclip.train.config import AMP_MODES
+
+    assert (choices.DEFAULT_BACKBONE, choices.DEFAULT_PRETRAINED) == FEClip.default_backbone
+    assert choices.TINY_MODEL == TINY_MODEL and choices.DATASET_KINDS == DATASET_KINDS
+    assert choices.SYNTH_FAMILIES == tuple(FAMILIES) and choices.LFS_STATISTICS == LFS_STATISTICS
+    assert choices.BASES == BASES and all(canonical_basis(alias) in BASES for alias in choices.BASIS_ALIASES)
+    assert (choices.FC_PATCH_INITS, choices.MAP_SCORES, choices.RESIZE_MODES) == (FC_PATCH_INITS, MAP_SCORES, RESIZE_MODES)
+    assert choices.AMP_MODES == AMP_MODES and choices.DEFAULT_MAP_SIGMA == DEFAULT_MAP_SIGMA
+
+
+def test_download_and_reproduce_are_wired(tmp_path: Path, capsys) -> None:
+    for command, flag in (("download", "--from-archive"), ("reproduce", "--seeds")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0 and flag in capsys.readouterr().out
+    assert main(["download", "--list", "--root", str(tmp_path)]) == 0  # offline: lists the sets and where they go
+    assert "mvtec" in capsys.readouterr().out
+
+
+def test_train_is_set_up_by_the_recipes(synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One set-up path: the command line's model, data and config come from feclip.recipes, as the notebooks' do."""
+    import feclip.recipes as recipes
+
+    calls = []
+    for name in ("build_model", "training_data", "train_config"):
+        real = getattr(recipes, name)
+        monkeypatch.setattr(recipes, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    out = tmp_path / "run"
+    assert main(["train", "--train", f"synth:{synth / 'objects'}", "--out", str(out), "--backbone", "feclip-tiny",
+                 "--epochs", "1", "--num-workers", "0", "--quiet", "--cache-prefix", "--basis", "dft", "--taps", "spread_5"]) == 0
+    assert sorted(calls) == ["build_model", "train_config", "training_data"]
+    record = json.loads((out / "run.json").read_text())
+    config = record["train_config"]
+    assert (config["lr"], config["fc_patch_lr"], config["batch_size"]) == (5e-4, 5e-6, 16)  # the paper's recipe
+    assert config["cache_prefix"] is True and config["device"] == "auto"
+    from feclip.taps import tap_set
+
+    assert record["model"]["basis"] == "hartley" and record["model"]["tap_indices"] == tap_set("spread_5", 12) == [4, 6, 9, 11]
+    model = recipes.build_model(dataclasses.replace(feclip.profiles.FULL, backbone="feclip-tiny", pretrained=None,
+                                                    device="cpu"), basis="hartley", tap_indices="spread_5")
+    trained = load_feclip(out)
+    assert trained.config == model.config  # what the recipe builds is what the command line trained
