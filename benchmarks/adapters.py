@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    benchmark_parser,
     environment,
     fmt_bytes,
     markdown_table,
@@ -53,7 +54,7 @@ from common import (  # noqa: E402
     set_threads,
     synchronize,
     time_interleaved,
-    write_json,
+    write_report,
 )
 
 from feclip.adapters import (  # noqa: E402
@@ -333,7 +334,7 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str, 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--grid", type=int, default=24, help="token grid side (24 for ViT-L/14 at 336 px)")
     parser.add_argument("--width", type=int, default=1024, help="token width D")
@@ -344,16 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-batch", type=int, default=None, help="batch of the sweep (default: --batch)")
     parser.add_argument("--with-module", action="store_true", help="also compare the whole LFS module (with its Conv3x3)")
     parser.add_argument("--conv-variants", action="store_true", help="also time LFS's Conv3x3 in other memory layouts")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU, and CUDA when present)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-run-time", type=float, default=0.0,
                         help="seconds per sample for Timer.blocked_autorange (0: one call per sample)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
-                        help="process: CPU seconds of this process (CPU only; steadier on a shared machine with --threads 1)")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
     args.sweep_batch = args.sweep_batch or args.batch
     return args
@@ -386,12 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         for r in slower
     )
     print("\n" + text)
-    envs = [environment(device) for device in devices]
-    if args.json:
-        write_json(args.json, {"environment": envs, "args": vars(args), "rows": rows, "sweep": sweep, "conv_variants": conv})
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"environment: {envs}\n\n{text}\n")
+    write_report(args, [environment(device) for device in devices], text, rows=rows, sweep=sweep, conv_variants=conv)
     return {"rows": rows, "sweep": sweep, "conv_variants": conv}
 
 

@@ -1,4 +1,11 @@
-"""Shared helpers of the benchmark scripts: interleaved timing, peak memory, backbones, tables.
+"""Shared helpers of the benchmark scripts: arguments, interleaved timing, peak memory, backbones, reports.
+
+Arguments and reports
+    :func:`benchmark_parser` gives every script the same options (``--device``, ``--rounds``,
+    ``--warmup``, ``--clock``, ``--threads``, ``--json``, ``--markdown``, each where it applies) and
+    :func:`write_report` the same outputs: ``--json`` holds the environment (:func:`environment`:
+    date, versions, threads, cores, the machine's load average), the arguments and every number;
+    ``--markdown`` the environment line and the table.
 
 Timing
     Candidates that are compared are run **interleaved in one process**: every round runs
@@ -25,6 +32,7 @@ Peak memory
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import json
@@ -46,6 +54,8 @@ from torch.utils.benchmark import Timer
 
 __all__ = [
     "CLOCKS",
+    "benchmark_parser",
+    "write_report",
     "Timing",
     "PeakMemory",
     "set_threads",
@@ -101,6 +111,54 @@ class PeakMemory:
 
     bytes: float
     method: str
+
+
+def benchmark_parser(
+    doc: str,
+    *,
+    device: str | None = "auto",
+    rounds: int | None = 5,
+    warmup: int | None = 1,
+    clock: bool = True,
+    threads: bool = True,
+) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares, as far as this one uses them.
+
+    Args:
+        doc: The script's module docstring; its first paragraph is the description.
+        device: Default of ``--device`` (``None``: no such option).
+        rounds: Default of ``--rounds`` (``None``: no such option).
+        warmup: Default of ``--warmup`` (``None``: no such option).
+        clock: Whether the script takes ``--clock``.
+        threads: Whether the script takes ``--threads`` (one int; ``None``: torch's default).
+
+    Returns:
+        The parser; ``--json`` and ``--markdown`` are always there. Add the script's own options to it.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    if device is not None:
+        parser.add_argument("--device", default=device, help=f"cpu, cuda, or auto (CPU, and CUDA when present) (default: {device})")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds, help=f"interleaved timed rounds, median reported (default: {rounds})")
+    if warmup is not None:
+        parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls of each candidate first (default: {warmup})")
+    if clock:
+        parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                            help="process: CPU seconds of this process (CPU only; steadier on a shared machine with --threads 1)")
+    if threads:
+        parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--json", type=Path, default=None, help="write the environment, the arguments and every number here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the environment and the table here")
+    return parser
+
+
+def write_report(args: argparse.Namespace, env: Any, table: str, **payload: Any) -> None:
+    """Write ``--json`` (environment, arguments, ``payload``) and ``--markdown`` (environment line, table), if asked."""
+    if args.json:
+        write_json(args.json, {"environment": env, "args": vars(args), **payload})
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(f"environment: {env}\n\n{table}\n")
 
 
 def set_threads(num_threads: int | None) -> int:
@@ -326,6 +384,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
     }
+    with contextlib.suppress(OSError, AttributeError):  # the machine's load: other jobs share its cores
+        info["load_average"] = [round(load, 2) for load in os.getloadavg()]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

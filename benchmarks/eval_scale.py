@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import _rss_peak, environment, fmt_bytes, markdown_table, set_threads, write_json  # noqa: E402
+from common import _rss_peak, benchmark_parser, environment, fmt_bytes, markdown_table, set_threads, write_report  # noqa: E402
 
 from feclip.evaluate import AnomalyMetrics  # noqa: E402
 
@@ -149,16 +149,14 @@ def run_scenario(scenario: str, *, scale: float, pool: int, batch: int, map_dtyp
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, device=None, rounds=None, warmup=None, clock=False)
+    parser.set_defaults(threads=1)
     parser.add_argument("--scenarios", nargs="+", choices=("336", "full"), default=["336", "full"])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of MVTec AD's image counts (1 = 1725 images)")
     parser.add_argument("--batch", type=int, default=8, help="images per update (evaluate()'s default batch)")
     parser.add_argument("--pool", type=int, default=4, help="distinct pre-generated batches per category")
     parser.add_argument("--map-dtype", default="float16", choices=("float16", "float32"))
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     if not 0 < args.scale <= 1 or args.batch < 2 or args.pool < 1:
         parser.error("need 0 < --scale <= 1, --batch >= 2 and --pool >= 1")
@@ -173,12 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for s in args.scenarios]
     table = markdown_table(rows, COLUMNS)
     print(table)
-    env = environment(torch.device("cpu"))
-    if args.json:
-        write_json(args.json, {"environment": env, "args": vars(args), "rows": rows})
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"environment: {env}\n\n{table}\n")
+    write_report(args, environment(torch.device("cpu")), table, rows=rows)
     return rows
 
 

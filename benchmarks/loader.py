@@ -21,7 +21,6 @@ ViT-L-14-336 at batch 16 in bf16 on an H100, benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -38,7 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, markdown_table, write_json  # noqa: E402
+from common import benchmark_parser, environment, markdown_table, write_report  # noqa: E402
 
 from feclip.data import AnomalyTransform, VisA, load_mask, load_rgb  # noqa: E402
 
@@ -149,19 +148,16 @@ def breakdown(dataset: VisA, images: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; returns one row per worker count (and prints the tables)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, device=None, rounds=2, warmup=None, clock=False, threads=False)
     parser.add_argument("--images", type=int, default=128, help="images written and loaded per epoch")
     parser.add_argument("--workers", type=int, nargs="+", default=None,
                         help="num_workers values (default: 0 1 2 and the trainer's default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=336)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per round")
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", type=int, nargs=2, default=list(IMAGE_WH), metavar=("W", "H"))
     parser.add_argument("--gpu-rate", type=float, default=GPU_IMAGES_PER_S, help="GPU training images/s to compare")
     parser.add_argument("--data", type=Path, default=None, help="folder for the images (default: a temporary one)")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # as in a DataLoader worker; the main process only collates
@@ -195,19 +191,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     else:
         verdict = f"the default num_workers ({default}) was not measured (--workers)."
     text = "\n".join([
-        f"environment: {info}", "",
         markdown_table(rows, columns), "",
         markdown_table([parts], list(parts)), "",
         verdict,
         f"one worker does about {per_core:.1f} images/s, so keeping up with {args.gpu_rate:.0f} images/s needs about "
         f"{needed} workers (and as many free cores).",
     ])
-    print(text)
-    if args.json:
-        write_json(args.json, {"environment": info, "rows": rows, "breakdown": parts, "raw": results})
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
+    print(f"environment: {info}\n\n{text}")
+    write_report(args, info, text, rows=rows, breakdown=parts, raw=results)
     return rows
 
 

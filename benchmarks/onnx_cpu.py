@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CLOCKS, environment, markdown_table, paired_ratio, time_interleaved, write_json  # noqa: E402
+from common import benchmark_parser, environment, markdown_table, paired_ratio, time_interleaved, write_report  # noqa: E402
 
 from feclip.export import OnnxDetector, export_onnx  # noqa: E402
 from feclip.model import FEClip  # noqa: E402
@@ -37,17 +37,11 @@ COLUMNS = ("backbone", "batch", "threads", "clock", "torch_ms", "onnxruntime_ms"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, device=None, threads=False)
     parser.add_argument("--backbone", default="ViT-B-16", help="open_clip model name (random weights)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op threads of both runtimes")
-    parser.add_argument("--rounds", type=int, default=5, help="timed interleaved rounds per case")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each runtime before the rounds")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall (perf_counter) or process (CPU seconds of all threads: the work done, with 1 thread)")
     parser.add_argument("--onnx", type=Path, default=None, help="where to write the exported model (default: a temp dir)")
-    parser.add_argument("--json", type=Path, default=None, help="write every number and sample here")
-    parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
     return parser.parse_args(argv)
 
 
@@ -109,11 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
            "taps": model.tap_indices, "load_average_before": load_before, "load_average_after": _load_average()}
     table = markdown_table(rows, COLUMNS)
     print(f"\n{table}\n\nenvironment: {env}")
-    if args.json:
-        write_json(args.json, {"environment": env, "args": vars(args), "rows": rows})
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"environment: {env}\n\n{table}\n")
+    write_report(args, env, table, rows=rows)
     return rows
 
 

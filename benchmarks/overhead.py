@@ -32,14 +32,15 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import VitShape, flop_breakdown  # noqa: E402
 from common import (  # noqa: E402
+    benchmark_parser,
     build_feclip,
     create_backbone,
     environment,
@@ -49,7 +50,7 @@ from common import (  # noqa: E402
     resolve_devices,
     set_threads,
     time_interleaved,
-    write_json,
+    write_report,
 )
 
 DEFAULT_BACKBONES = ("ViT-L-14-336", "ViT-B-16", "feclip-tiny")
@@ -62,133 +63,6 @@ COLUMNS = (
     "device", "backbone", "batch", "precision", "threads", "clock", "clip_ms", "fe_clip_ms", "ratio", "paired_ratio", "noise",
     "flop_ratio", "vit_gflop", "adapter_gflop", "cl_weight_ms", "cl_weight_ratio", "compiled_ms", "compiled_ratio", "target", "verdict",
 )
-
-
-@dataclass(frozen=True)
-class VitShape:
-    """What the FLOP count needs to know about a CLIP ViT image tower.
-
-    Attributes:
-        image_size: Input side in pixels.
-        patch_size: Patch side in pixels.
-        width: Token width ``D``.
-        layers: Number of transformer blocks.
-        mlp_width: Hidden width of the block MLP.
-        embed_dim: Output embedding width ``E``.
-    """
-
-    image_size: int
-    patch_size: int
-    width: int
-    layers: int
-    mlp_width: int
-    embed_dim: int
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def tokens(self) -> int:
-        """Sequence length including the CLS token."""
-        return self.grid**2 + 1
-
-    @classmethod
-    def from_open_clip_config(cls, name: str) -> VitShape:
-        """Shape of an open_clip model from its registered config, without building the model."""
-        import open_clip
-
-        import feclip.backbones  # noqa: F401  (registers feclip-tiny)
-
-        config = open_clip.get_model_config(name)
-        if config is None:
-            raise ValueError(f"unknown open_clip model {name!r}")
-        vision = config["vision_cfg"]
-        width = vision["width"]
-        return cls(
-            image_size=vision["image_size"],
-            patch_size=vision["patch_size"],
-            width=width,
-            layers=vision["layers"],
-            mlp_width=int(width * vision.get("mlp_ratio", 4.0)),
-            embed_dim=config["embed_dim"],
-        )
-
-
-def block_flops(shape: VitShape, batch: int = 1) -> float:
-    """One transformer block: QKV and output projections, the two attention products, the MLP."""
-    n, d = shape.tokens, shape.width
-    projections = 2 * n * d * (3 * d) + 2 * n * d * d
-    attention = 2 * (2 * n * n * d)  # Q K^T and softmax(.) V over all heads
-    mlp = 2 * (2 * n * d * shape.mlp_width)
-    return batch * float(projections + attention + mlp)
-
-
-def flop_breakdown(
-    shape: VitShape,
-    taps: list[int],
-    *,
-    ffe_window: int = 3,
-    lfs_window: int = 3,
-    lfs_statistic: str = "mean",
-    use_ffe: bool = True,
-    use_lfs: bool = True,
-    batch: int = 1,
-) -> dict[str, float]:
-    """Matmul and convolution FLOPs (2 x MACs) of bare CLIP and of FE-CLIP.
-
-    Element-wise work (norms, GELU, softmax, padding, pooling) is not counted; nor is
-    the ``"power"`` statistic, a box filter of squares.
-
-    Args:
-        shape: The ViT.
-        taps: Tapped blocks (0-based, sorted).
-        ffe_window: FFE window ``P``.
-        lfs_window: LFS window ``Q``.
-        lfs_statistic: ``"mean"``, ``"abs"`` or ``"power"``.
-        use_ffe: Whether FFE runs.
-        use_lfs: Whether LFS runs.
-        batch: Batch size.
-
-    Returns:
-        ``clip`` (encode_image), ``fe_clip`` (forward), ``vit`` (what FE-CLIP runs of the ViT),
-        ``adapters`` (everything FE-CLIP adds: adapters, fc_patch, tap projections, scoring),
-        ``skipped_blocks`` (blocks after the last tap FE-CLIP does not run, negative), and the
-        per-tap parts ``ffe_transforms``, ``ffe_linear``, ``lfs_filter``, ``lfs_conv``, ``fc_patch``.
-    """
-    d, e, grid = shape.width, shape.embed_dim, shape.grid
-    patches = grid * grid
-    patch_embed = 2.0 * batch * patches * d * 3 * shape.patch_size**2
-    cls_projection = 2.0 * batch * d * e
-    per_block = block_flops(shape, batch)
-    clip = patch_embed + shape.layers * per_block + cls_projection
-
-    windows = math.ceil(grid / ffe_window) ** 2  # FFE pads the grid to whole windows
-    area = ffe_window**2
-    parts = {
-        "ffe_transforms": 2 * (2.0 * batch * windows * area * area * d) if use_ffe else 0.0,
-        "ffe_linear": 2.0 * batch * windows * area * d * d if use_ffe else 0.0,
-        "lfs_filter": 0.0,
-        "lfs_conv": 2.0 * batch * patches * 9 * d * d if use_lfs else 0.0,
-        "fc_patch": 2.0 * batch * patches * d * e,
-    }
-    if use_lfs and lfs_statistic == "mean":
-        parts["lfs_filter"] = 2.0 * batch * patches * d * lfs_window**2
-    elif use_lfs and lfs_statistic == "abs":
-        parts["lfs_filter"] = 2.0 * batch * patches * d * lfs_window**4
-    scoring = 2.0 * batch * (patches + 1) * e * 2  # cosine logits against two text embeddings
-    per_tap = sum(parts.values()) + cls_projection + scoring
-    vit = patch_embed + (taps[-1] + 1) * per_block
-    skipped = -(shape.layers - taps[-1] - 1) * per_block
-    adapters = len(taps) * per_tap
-    return {
-        "clip": clip,
-        "fe_clip": vit + adapters,
-        "vit": vit,
-        "adapters": adapters,
-        "skipped_blocks": skipped,
-        **{name: len(taps) * value for name, value in parts.items()},
-    }
 
 
 def target_for(backbone: str, device: torch.device, batch: int) -> float | None:
@@ -390,15 +264,9 @@ def _breakdown_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES), help="open_clip model names")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU, and CUDA when present)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each candidate first")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
-                        help="process: CPU seconds of this process (CPU only; steadier on a shared machine with --threads 1)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd adapters (meant for CUDA; on CPU it needs a C++ compiler)")
     parser.add_argument("--try-channels-last", action="store_true",
@@ -406,8 +274,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--breakdown", type=int, default=0, metavar="ROUNDS",
                         help="also time the parts (block, adapter, head) in this many interleaved rounds")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS", help="print a torch.profiler table per candidate")
-    parser.add_argument("--json", type=Path, default=None, help="write rows and environment as JSON here")
-    parser.add_argument("--markdown", type=Path, default=None, help="write the table as markdown here")
     return parser.parse_args(argv)
 
 
@@ -442,12 +308,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"{row['verdict']}: {row['backbone']} {row['device']} batch {row['batch']} "
                   f"ratio {row['ratio']:.3f}, paired {row['paired_ratio']:.3f} (target {row['target']}, "
                   f"never above {TARGET_NEVER_WORSE}; FLOP ratio {row['flop_ratio']:.3f}; noise {row['noise']:.2f})")
-    envs = [environment(device) for device in devices]
-    if args.json:
-        write_json(args.json, {"environment": envs, "args": vars(args), "rows": rows})
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"environment: {envs}\n\n{table}\n")
+    write_report(args, [environment(device) for device in devices], table, rows=rows)
     return rows
 
 

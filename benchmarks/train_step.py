@@ -1,6 +1,6 @@
 """Throughput and peak memory of one FE-CLIP training step.
 
-A step is what the trainer does per batch: forward through the tapped ViT (frozen),
+A step is what the trainer does per batch (:class:`feclip.train.loop.TrainingStep`): forward through the tapped ViT (frozen),
 FE-CLIP's loss (:class:`feclip.losses.FEClipLoss`, per tap), backward into the adapters
 and ``fc_patch`` (the gradient flows back through the frozen blocks after the first
 tap), and an Adam step. Inputs are synthetic: random images, rectangular masks, labels
@@ -31,6 +31,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    benchmark_parser,
     build_feclip,
     create_backbone,
     environment,
@@ -40,10 +41,11 @@ from common import (  # noqa: E402
     resolve_devices,
     set_threads,
     time_interleaved,
-    write_json,
+    write_report,
 )
 
 from feclip.losses import FEClipLoss  # noqa: E402
+from feclip.train.loop import TrainingStep  # noqa: E402
 
 DEFAULTS = {
     "cpu": {"backbones": ["feclip-tiny", "ViT-B-16"], "batch": 4, "precision": "fp32"},
@@ -74,6 +76,7 @@ def run_case(
     """Time the training step of one backbone; returns one result row."""
     clip = create_backbone(backbone, device)
     model = build_feclip(clip, backbone, device).train()
+    training_step = TrainingStep(model)  # what the trainer runs: per-tap outputs, the averaged map not upsampled
     groups = model.trainable_parameters()
     optimizer = torch.optim.Adam([{"params": groups["adapters"], "lr": 1e-4}, {"params": groups["fc_patch"], "lr": 1e-5}])
     loss_fn = FEClipLoss()
@@ -90,7 +93,7 @@ def run_case(
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            out = model(images)
+            out = training_step(images)
             loss = loss_fn(out.tap_scores, out.tap_maps, labels, masks).total
         loss.backward()
         optimizer.step()
@@ -129,18 +132,10 @@ def run_case(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU, and CUDA when present)")
+    parser = benchmark_parser(__doc__, rounds=3)
     parser.add_argument("--backbones", nargs="+", default=None, help="default: tiny and ViT-B-16 on CPU, ViT-L-14-336 on CUDA")
     parser.add_argument("--batch", type=int, default=None, help="default: 4 on CPU, 16 on CUDA")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: fp32 on CPU, bf16 autocast on CUDA")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
-                        help="process: CPU seconds of this process (CPU only; steadier on a shared machine with --threads 1)")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--markdown", type=Path, default=None)
     return parser.parse_args(argv)
 
 
@@ -167,12 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
     table = markdown_table(rows, COLUMNS)
     print("\n" + table)
-    envs = [environment(device) for device in devices]
-    if args.json:
-        write_json(args.json, {"environment": envs, "args": vars(args), "rows": rows})
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"environment: {envs}\n\n{table}\n")
+    write_report(args, [environment(device) for device in devices], table, rows=rows)
     return rows
 
 

@@ -30,6 +30,7 @@ def _load(name: str) -> ModuleType:
 
 overhead = _load("overhead")  # puts benchmarks/ on sys.path, where the scripts find their helpers
 import common  # noqa: E402  (the same module object the scripts use)
+import flops as flop_count  # noqa: E402
 
 adapters_bench = _load("adapters")
 train_step = _load("train_step")
@@ -63,8 +64,8 @@ def test_peak_memory_cpu_counts_the_allocation():
 
 
 def test_flop_breakdown_matches_hand_count_for_vit_l():
-    shape = overhead.VitShape.from_open_clip_config("ViT-L-14-336")
-    flops = overhead.flop_breakdown(shape, [15, 18, 21, 23])
+    shape = flop_count.VitShape.from_open_clip_config("ViT-L-14-336")
+    flops = flop_count.flop_breakdown(shape, [15, 18, 21, 23])
     n, d = 577, 1024
     per_block = 2 * n * d * 4 * d + 4 * n * n * d + 2 * 2 * n * d * 4096
     assert flops["vit"] == pytest.approx(2 * 576 * d * 3 * 14 * 14 + 24 * per_block)
@@ -87,13 +88,13 @@ def test_flop_breakdown_matches_torch_flop_counter_on_tiny():
         with FlopCounterMode(display=False) as counter:
             model(images)
         counted_fe = counter.get_total_flops()
-    shape = overhead.VitShape.from_open_clip_config("feclip-tiny")
-    flops = overhead.flop_breakdown(shape, [3, 6, 9], batch=2)
+    shape = flop_count.VitShape.from_open_clip_config("feclip-tiny")
+    flops = flop_count.flop_breakdown(shape, [3, 6, 9], batch=2)
     # The CPU attention kernel has no FLOP formula in the counter: add Q K^T and A V by hand.
     attention = 2 * 2 * 2 * shape.tokens**2 * shape.width
     assert counted_clip + shape.layers * attention == pytest.approx(flops["clip"], rel=1e-9)
     assert counted_fe + 10 * attention == pytest.approx(flops["fe_clip"], rel=1e-9)  # blocks 0..9 run
-    assert flops["skipped_blocks"] == -2 * overhead.block_flops(shape, 2)
+    assert flops["skipped_blocks"] == -2 * flop_count.block_flops(shape, 2)
 
 
 def test_overhead_main_on_tiny(tmp_path):
@@ -103,7 +104,7 @@ def test_overhead_main_on_tiny(tmp_path):
     )
     (row,) = rows
     assert row["clip_ms"] > 0 and row["fe_clip_ms"] > 0 and math.isfinite(row["ratio"]) and row["ratio"] > 0
-    flops = overhead.flop_breakdown(overhead.VitShape.from_open_clip_config("feclip-tiny"), row["taps"], batch=2)
+    flops = flop_count.flop_breakdown(flop_count.VitShape.from_open_clip_config("feclip-tiny"), row["taps"], batch=2)
     assert row["flop_ratio"] == pytest.approx(flops["fe_clip"] / flops["clip"], rel=1e-12)
     assert row["verdict"] == "" and row["taps"] == [7, 9, 10, 11]
     assert "feclip-tiny" in (tmp_path / "o.md").read_text() and (tmp_path / "o.json").stat().st_size > 0
@@ -156,3 +157,41 @@ def test_eval_scale_main_counts_every_image_and_pixel():
     assert row["images"] == sum(counts.values()) and row["categories"] == 15
     assert row["pixels"] == sum(counts[c] * side**2 for c, (_, _, side) in eval_scale.MVTEC_TEST_SET.items())
     assert 0 < row["micro_pixel_aupro"] < 1 and row["seconds"] > 0 and row["peak_bytes"] >= 0
+
+
+@pytest.mark.parametrize("taps", [[3, 6, 9], [7, 9, 10, 11], [0, 11], [5]])
+def test_training_step_flops_match_torch_flop_counter_on_tiny(taps):
+    from feclip.losses import FEClipLoss
+    from feclip.train.loop import TrainingStep
+
+    clip = common.create_backbone("feclip-tiny", CPU)
+    model = common.build_feclip(clip, "feclip-tiny", CPU, tap_indices=taps).train()
+    clip.train()  # nn.MultiheadAttention's fused inference kernel is invisible to FlopCounterMode
+    images, masks = torch.randn(2, 3, 96, 96), torch.zeros(2, 96, 96)
+    masks[1, 10:30, 10:30] = 1
+    with FlopCounterMode(display=False) as counter:
+        output = TrainingStep(model)(images)
+        loss = FEClipLoss()(output.tap_scores, output.tap_maps, torch.tensor([0, 1]), masks).total
+        forward = counter.get_total_flops()
+        loss.backward()
+    backward = counter.get_total_flops() - forward
+    shape = flop_count.VitShape.from_open_clip_config("feclip-tiny")
+    flops = flop_count.training_step_flops(shape, taps, batch=2)
+    attention = 2 * 2 * 2 * shape.tokens**2 * shape.width  # the CPU attention kernel is not counted: add it
+    assert forward + (taps[-1] + 1) * attention == pytest.approx(flops["forward"], rel=1e-12)
+    assert backward + (taps[-1] - taps[0]) * 2 * attention == pytest.approx(flops["backward"], rel=1e-12)
+    cached = flop_count.training_step_flops(shape, taps, batch=2, cached_prefix=True)
+    assert flops["step"] - cached["step"] == flops["prefix"] == pytest.approx(
+        flops["forward"] - flop_count.flop_breakdown(shape, taps, batch=2)["adapters"]
+        - (taps[-1] + 1 - taps[0]) * flop_count.block_flops(shape, 2))
+
+
+def test_prefix_cache_main_on_tiny(tmp_path):
+    prefix_cache = _load("prefix_cache")
+    (row,) = prefix_cache.main(["--backbones", "feclip-tiny", "--images", "4", "--batch", "2", "--epochs", "2",
+                                "--rounds", "1", "--json", str(tmp_path / "p.json")])
+    assert row["cached_later_s"] > 0 and row["uncached_later_s"] > 0 and row["speedup_later"] > 0
+    assert len(row["samples"]["cached"][0]) == 2  # one run of two epochs
+    assert 0 < row["flop_share_skipped"] < 1 and row["flop_bound"] == pytest.approx(1 / (1 - row["flop_share_skipped"]))
+    assert row["cache_mib"] == pytest.approx(4 * 145 * 64 * 4 / 2**20)
+    assert (tmp_path / "p.json").stat().st_size > 0
