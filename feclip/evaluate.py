@@ -38,15 +38,12 @@ from feclip.metrics import (
     NAN,
     PIXEL_METRICS,
     Connectivity,
-    ScoreHistograms,
     flatten_pixels,
-    float16_histograms,
     histogram_metrics,
     image_metrics,
-    merge_score_histograms,
     pixel_metrics_of_regions,
-    score_histograms,
 )
+from feclip.metrics_histograms import ScoreHistograms, float16_histograms, merge_score_histograms, score_histograms
 from feclip.postprocess import smooth_anomaly_maps
 from feclip.predictor import AnomalyPrediction, AnomalyPredictor
 
