@@ -132,6 +132,7 @@ class FEClip(FrozenClipDetector):
         taps = sorted(config.tap_indices) if config.tap_indices is not None else default_tap_indices(depth)
         if not taps or len(set(taps)) != len(taps) or taps[0] < 0 or taps[-1] >= depth:
             raise ValueError(f"tap_indices must be distinct blocks in [0, {depth - 1}], got {config.tap_indices}")
+        _check_windows(config, tuple(visual.grid_size))
         super().__init__(clip, tokenizer, text_features, config.normal_prompts, config.anomalous_prompts)
         self.config = dataclasses.replace(config, tap_indices=taps, quick_gelu=quick_gelu)
         width = visual.conv1.out_channels
@@ -313,6 +314,19 @@ class FEClip(FrozenClipDetector):
             f"lfs_statistic={c.lfs_statistic!r}, lambda_fuse={c.lambda_fuse}, tau={self.temperature:.4g}, "
             f"fc_patch_init={c.fc_patch_init!r}, map_score={c.map_score!r}"
         )
+
+
+def _check_windows(config: FEClipConfig, grid: tuple[int, int]) -> None:
+    """Refuse an FFE window ``P`` or LFS window ``Q`` below 1 or larger than the backbone's token grid.
+
+    A window larger than the grid would be mostly padding: FFE's one window and LFS's statistic would
+    describe the padding rule, not the image.
+    """
+    for name, letter, value, used in (("ffe_window", "P", config.ffe_window, config.use_ffe),
+                                      ("lfs_window", "Q", config.lfs_window, config.use_lfs)):
+        if used and not 1 <= value <= min(grid):
+            raise ValueError(f"{name} {letter} = {value} does not fit the {grid[0]} x {grid[1]} token grid of "
+                             f"{config.backbone or 'this backbone'}: choose 1 <= {letter} <= {min(grid)}")
 
 
 def _config_of_injected(clip: nn.Module, overrides: dict[str, Any]) -> FEClipConfig:

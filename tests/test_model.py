@@ -293,6 +293,17 @@ def test_other_construction_errors(tiny_clip, tiny_images) -> None:
         _model(tiny_clip)(tiny_images[..., :64, :64])
 
 
+@pytest.mark.parametrize(("field", "letter", "value"), [("ffe_window", "P", GRID + 1), ("lfs_window", "Q", 99),
+                                                        ("ffe_window", "P", 0), ("lfs_window", "Q", -3)])
+def test_windows_that_do_not_fit_the_token_grid_are_refused(tiny_clip, field: str, letter: str, value: int) -> None:
+    with pytest.raises(ValueError, match=rf"{field} {letter} = {value} does not fit the 12 x 12 token grid of "
+                                         rf"feclip-tiny: choose 1 <= {letter} <= 12"):
+        _model(tiny_clip, **{field: value})
+    assert _model(tiny_clip, **{field: GRID}).config.to_dict()[field] == GRID  # the whole grid is one window
+    branch = "use_ffe" if field == "ffe_window" else "use_lfs"
+    assert _model(tiny_clip, **{field: value, branch: False}).config.to_dict()[field] == value  # an unused window
+
+
 def test_config_round_trip_and_unknown_keys() -> None:
     config = FEClipConfig(backbone="feclip-tiny", pretrained=None, tap_indices=[1, 4], lfs_statistic="abs", basis="hartley")
     values = config.to_dict()

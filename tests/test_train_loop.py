@@ -10,13 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from train_helpers import RandomAnomalyDataset, frozen, make_config, make_model, same, trained
 
-from feclip.checkpoint import read_metadata
+from feclip.checkpoint import load_into, read_metadata
 from feclip.evaluate import evaluate
 from feclip.losses import FEClipLoss, bce_loss, dice_loss, focal_loss
-from feclip.train import BEST, LAST, History, TrainConfig, build_loss, build_optimizer, train
-from feclip.train.loop import batch_loss
+from feclip.model import FEClip
+from feclip.train import BEST, LAST, STATE, History, TrainConfig, build_loss, build_optimizer, train
+from feclip.train.loop import NonFiniteLossError, batch_loss
 
 
 def test_build_loss_uses_every_loss_setting() -> None:
@@ -110,10 +112,12 @@ def test_the_trainer_applies_clipping_weight_decay_and_betas(tiny_clip, tmp_path
 
 
 def test_history_loss_is_the_dataset_loss(tiny_clip, tmp_path: Path) -> None:
-    """With zero learning rates nothing changes, so each epoch's logged loss is the loss of the whole set."""
+    """With learning rates too small to move the weights (zero is refused), each epoch's logged loss is the loss
+    of the whole set."""
     dataset = RandomAnomalyDataset(n=6)
     model = make_model(tiny_clip)
-    history = train(model, dataset, make_config(lr=0.0, fc_patch_lr=0.0, batch_size=4), out_dir=tmp_path, progress=False)
+    history = train(model, dataset, make_config(lr=1e-30, fc_patch_lr=1e-30, batch_size=4), out_dir=tmp_path,
+                    progress=False)
     batch = {key: torch.as_tensor([dataset[i][key] for i in range(6)]) if key in ("label", "has_mask")
              else torch.stack([dataset[i][key] for i in range(6)]) for key in ("image", "mask", "label", "has_mask")}
     with torch.no_grad():
@@ -124,7 +128,7 @@ def test_history_loss_is_the_dataset_loss(tiny_clip, tmp_path: Path) -> None:
         assert row["bce"] == pytest.approx(parts.bce.item(), rel=1e-5)
         assert row["focal"] == pytest.approx(parts.focal.item(), rel=1e-5)
         assert row["dice"] == pytest.approx(parts.dice.item(), rel=1e-5)
-        assert row["lr"] == 0.0 and row["images_per_s"] > 0
+        assert row["lr"] == 1e-30 and row["images_per_s"] > 0 and row["amp"] == "off"
     assert [row["step"] for row in history] == [2, 4]
     assert History.load(tmp_path).rows == history.rows
     frame = pd.read_csv(tmp_path / "history.csv")
@@ -183,3 +187,117 @@ def test_bad_training_sets(tiny_clip, tmp_path: Path) -> None:
         train(make_model(tiny_clip), RandomAnomalyDataset(n=2, label=-1), make_config(), out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="empty"):
         train(make_model(tiny_clip), RandomAnomalyDataset(n=0), make_config(), out_dir=tmp_path, progress=False)
+
+
+# --- mixed precision: the fp16 path's loss scaler, run on the CPU ---------------------------------------
+
+
+def _poison_gradient(parameter: torch.nn.Parameter, at_calls: set[int], value: float = math.inf) -> list[int]:
+    """Make ``parameter``'s gradient non-finite in the backward passes numbered ``at_calls`` (1-based)."""
+    calls = [0]
+
+    def hook(gradient: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return gradient + value if calls[0] in at_calls else gradient
+
+    parameter.register_hook(hook)
+    return calls
+
+
+def test_a_step_with_inf_gradients_is_skipped_by_the_fp16_scaler(tiny_clip) -> None:
+    from feclip.train.loop import optimizer_step
+    from feclip.train.precision import grad_scaler
+
+    model = make_model(tiny_clip)
+    optimizer = build_optimizer(model, make_config(lr=1e-2))
+    scaler = grad_scaler(torch.device("cpu"), torch.float16)
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    _poison_gradient(next(model.adapters.parameters()), at_calls={1})
+
+    def step() -> bool:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            output = model(images)
+            loss = output.tap_scores.float().mean() + output.tap_maps.float().mean()
+        return optimizer_step(loss, optimizer, scaler, grad_clip_norm=1.0)
+
+    before, scale = trained(model), scaler.get_scale()
+    assert step() is True  # the planted inf: no step, a lower scale
+    assert same(trained(model), before) and optimizer.state == {} and scaler.get_scale() == scale / 2
+    assert step() is False  # a clean step moves every trained tensor
+    after = trained(model)
+    assert all(not torch.equal(after[k], before[k]) for k in after) and scaler.get_scale() == scale / 2
+
+
+def test_fp16_training_resumes_bit_exactly_with_its_loss_scale(tiny_clip, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 epoch + resume + 1 epoch == 2 epochs, in fp16 with a GradScaler, one step skipped for a planted inf."""
+    import feclip.train.loop as loop
+
+    monkeypatch.setattr(loop, "resolve_amp", lambda amp, device: torch.float16)  # the CPU as a T4
+    dataset = RandomAnomalyDataset()
+
+    def run(out: Path, epochs: int, resume: bool, poison: bool) -> tuple[FEClip, History]:
+        model = make_model(tiny_clip, seed=7 if resume else 0)
+        if poison:
+            _poison_gradient(model.fc_patch.weight, at_calls={1})
+        return model, train(model, dataset, make_config(epochs=epochs), out_dir=out, progress=False,
+                            resume="auto" if resume else None)
+
+    straight, straight_history = run(tmp_path / "straight", 2, resume=False, poison=True)
+    run(tmp_path / "split", 1, resume=False, poison=True)
+    resumed, history = run(tmp_path / "split", 2, resume=True, poison=False)
+    assert same(trained(resumed), trained(straight))
+    assert history.rows == [{**row, "images_per_s": r["images_per_s"], "time_s": r["time_s"]}
+                            for row, r in zip(straight_history.rows, history.rows)]
+    assert [row["amp"] for row in history] == ["fp16", "fp16"]
+    assert [row["skipped_steps"] for row in history] == [1, 0]  # the planted inf, and nothing else overflowed
+    assert [row["loss_scale"] for row in history] == [2.0**15, 2.0**15]
+    saved = [torch.load(tmp_path / name / STATE, weights_only=True)["scaler"] for name in ("straight", "split")]
+    assert saved[0] == saved[1] and saved[0]["scale"] == 2.0**15 and saved[0]["_growth_tracker"] == 3
+
+
+# --- divergence: never a NaN checkpoint ----------------------------------------------------------------
+
+
+def _nan_output_at(model: FEClip, calls_to_poison: set[int]) -> None:
+    """Make the first adapter's output NaN in its forward calls numbered ``calls_to_poison`` (1-based)."""
+    calls = [0]
+
+    def hook(module, inputs, output):
+        calls[0] += 1
+        return output * math.nan if calls[0] in calls_to_poison else None
+
+    model.adapters[0].register_forward_hook(hook)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_epoch(tiny_clip, tmp_path: Path) -> None:
+    dataset = RandomAnomalyDataset()  # 8 images, batches of 4: 2 steps an epoch
+    clean = make_model(tiny_clip)
+    train(clean, dataset, make_config(epochs=1), out_dir=tmp_path / "clean", progress=False)
+    model = make_model(tiny_clip)
+    _nan_output_at(model, {4})  # epoch 2, its second batch
+    with pytest.raises(NonFiniteLossError, match=r"the loss is nan at epoch 2, step 4 \(batch 2 of 2 in this epoch\); "
+                                                 r"nothing of this epoch was saved: .*last.safetensors holds epoch 1"):
+        train(model, dataset, make_config(epochs=3), out_dir=tmp_path / "run", progress=False)
+    assert read_metadata(tmp_path / "run" / LAST)["extra"]["epoch"] == 1
+    assert torch.load(tmp_path / "run" / STATE, weights_only=True)["epoch"] == 1
+    assert len(History.load(tmp_path / "run")) == 1
+    saved, reference = make_model(tiny_clip, seed=3), make_model(tiny_clip, seed=4)
+    load_into(saved, tmp_path / "run" / LAST), load_into(reference, tmp_path / "clean" / LAST)
+    assert same(trained(saved), trained(reference))  # the last good epoch, bit for bit
+
+    first = make_model(tiny_clip)
+    _nan_output_at(first, {1})
+    with pytest.raises(NonFiniteLossError, match="at epoch 1, step 1 .*no epoch finished, so nothing was saved"):
+        train(first, dataset, make_config(epochs=1), out_dir=tmp_path / "first", progress=False)
+    assert not (tmp_path / "first" / LAST).exists()
+
+
+def test_weights_made_non_finite_by_the_last_step_are_never_saved(tiny_clip, tmp_path: Path) -> None:
+    model = make_model(tiny_clip)
+    _poison_gradient(model.fc_patch.bias, at_calls={4}, value=math.nan)  # finite loss, NaN gradient, last step
+    with pytest.raises(NonFiniteLossError, match=r"after epoch 2 the trained weights \['fc_patch.bias'\] hold NaN"):
+        train(model, RandomAnomalyDataset(), make_config(epochs=2), out_dir=tmp_path, progress=False)
+    assert read_metadata(tmp_path / LAST)["extra"]["epoch"] == 1
+    assert bool(torch.isfinite(load_file(tmp_path / LAST)["fc_patch.bias"]).all())

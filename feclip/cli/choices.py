@@ -34,5 +34,5 @@ BASIS_ALIASES = ("dft",)  # old names feclip.dct.canonical_basis still reads
 FC_PATCH_INITS = ("random", "clip")  # feclip.config.FC_PATCH_INITS
 MAP_SCORES = ("probability", "logit_margin")  # feclip.config.MAP_SCORES
 RESIZE_MODES = ("squash", "crop")  # feclip.data.transforms.RESIZE_MODES
-AMP_MODES = ("auto", "bf16", "off")  # feclip.train.config.AMP_MODES
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # feclip.train.config.AMP_MODES
 DEFAULT_MAP_SIGMA = 4.0  # feclip.evaluate.DEFAULT_MAP_SIGMA

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from feclip.losses import check_tap_options
 from feclip.metrics import METRIC_COLUMNS
 
-__all__ = ["AMP_MODES", "TrainConfig"]
+__all__ = ["AMP_MODES", "MAX_DEFAULT_WORKERS", "TrainConfig", "default_num_workers"]
 
-AMP_MODES: tuple[str, ...] = ("auto", "bf16", "off")
+AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
+# H4 measured ~36 images/s per loader worker (benchmarks/RESULTS.md, "loader"): 8 workers feed an H100's
+# 237 images/s; more only cost host memory.
+MAX_DEFAULT_WORKERS = 8
 # What a config saved before these fields existed trained with (its key ``loss_reduction`` is today's ``supervise``).
 _LEGACY_MEANING = {"tap_reduction": "sum", "focal_alpha": None, "dice_smooth": 1.0}
+
+
+def default_num_workers() -> int:
+    """DataLoader workers by default: one per CPU core this process may use, at most :data:`MAX_DEFAULT_WORKERS`.
+
+    ``os.sched_getaffinity`` counts the cores a container or ``taskset`` grants (a Colab runtime: 2),
+    where it exists; ``os.cpu_count`` elsewhere. Never more workers than cores, so DataLoader never warns.
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
 
 
 @dataclass
@@ -43,10 +59,16 @@ class TrainConfig:
         dice_smooth: Dice smoothing.
         grad_clip_norm: Clip the gradient norm to this (``None``: no clipping).
         seed: Seed of the data order (and of numpy / random / torch at the start).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; default :func:`default_num_workers`, one per available CPU
+            core (``os.sched_getaffinity``), at most 8: one worker turns about 36 VisA-sized images/s into
+            336 px tensors (benchmarks/RESULTS.md, "loader"), so 8 keep up with an H100 (237 images/s) and a
+            Colab runtime's 2 cores give 2. Workers are persistent and memory is pinned on CUDA
+            (:func:`feclip.train.loader.build_train_loader`). ``0`` loads in the training process.
         shuffle: Shuffle the training set every epoch.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        amp: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it, else float32), ``"bf16"`` or ``"off"``.
+        amp: Mixed precision on CUDA (:mod:`feclip.train.precision`): ``"auto"`` (bf16 autocast on a GPU that
+            computes bf16 natively, else fp16 autocast with a loss scaler: T4, V100), ``"bf16"``, ``"fp16"``
+            or ``"off"``; the CPU trains in float32. Each history row records the precision used (``amp``).
         val_every: Validate every this many epochs (and after the last one).
         val_batch_size: Validation batch size (default: ``batch_size``).
         best_metric: Macro column of the validation table that picks ``best.safetensors``.
@@ -70,10 +92,10 @@ class TrainConfig:
     dice_smooth: float = 1e-6
     grad_clip_norm: float | None = None
     seed: int = 0
-    num_workers: int = 4
+    num_workers: int = field(default_factory=default_num_workers)
     shuffle: bool = True
     device: str = "auto"
-    amp: Literal["auto", "bf16", "off"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     val_every: int = 1
     val_batch_size: int | None = None
     best_metric: str = "image_auroc"
@@ -83,8 +105,18 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
             raise ValueError(f"epochs, batch_size and val_every must be positive, got {self.epochs}, "
                              f"{self.batch_size}, {self.val_every}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+        for name in ("lr", "fc_patch_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"the learning rate {name} must be a positive finite number, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.grad_clip_norm is not None and not (math.isfinite(self.grad_clip_norm) and self.grad_clip_norm > 0):
+            raise ValueError(f"grad_clip_norm must be a positive finite number or None, got {self.grad_clip_norm!r}")
         if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+            raise ValueError(f"amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
         if self.best_metric not in METRIC_COLUMNS:
             raise ValueError(f"best_metric must be one of {list(METRIC_COLUMNS)}, got {self.best_metric!r}")
         self.supervise, self.tap_reduction = check_tap_options(self.supervise, self.tap_reduction)

@@ -1,4 +1,9 @@
-"""The training loop: :func:`train`, one epoch of optimiser steps, the loss and the optimiser."""
+"""The training loop: :func:`train`, one epoch of optimiser steps, the loss and the optimiser.
+
+A run that diverges stops: a non-finite loss raises :class:`NonFiniteLossError` naming the epoch and the
+step before anything of that epoch is written, and an epoch whose weights are no longer finite is never
+saved, so ``last.safetensors`` and ``last.state.pt`` keep the last good epoch.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,17 @@ from feclip.train.config import TrainConfig
 from feclip.train.distributed import DistributedContext, resolve_device
 from feclip.train.history import History
 from feclip.train.loader import build_train_loader
-from feclip.train.precision import autocast, resolve_amp
+from feclip.train.precision import autocast, grad_scaler, precision_name, resolve_amp
 from feclip.train.prefix_cache import IndexedDataset, PrefixCache, check_cacheable
-from feclip.train.run_state import RunState, resolve_resume, resume_run, save_epoch, seed_everything
+from feclip.train.run_state import LAST, RunState, resolve_resume, resume_run, save_epoch, seed_everything
 from feclip.train.validation import validate, validation_due, validation_score
 
-__all__ = ["EpochTotals", "TrainingStep", "batch_loss", "build_loss", "build_optimizer", "train"]
+__all__ = ["EpochTotals", "NonFiniteLossError", "TrainingStep", "batch_loss", "build_loss", "build_optimizer",
+           "optimizer_step", "train"]
+
+
+class NonFiniteLossError(ValueError):
+    """Training diverged: the loss, or the trained weights at the end of an epoch, became NaN or infinite."""
 
 
 def build_loss(config: TrainConfig) -> FEClipLoss:
@@ -61,6 +71,33 @@ def batch_loss(loss_fn: FEClipLoss, output: Any, batch: dict[str, Any], device: 
     has_mask = batch.get("has_mask")
     has_mask = None if has_mask is None else torch.as_tensor(has_mask).to(device).bool()
     return loss_fn(output.tap_scores, output.tap_maps, labels, masks, has_mask=has_mask)
+
+
+def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   grad_clip_norm: float | None = None) -> bool:
+    """Backward from ``loss`` and one optimiser step, through the run's loss scaler.
+
+    With an active scaler (fp16) the gradients come from the scaled loss and are unscaled before
+    clipping and the step; a step whose gradients hold inf or NaN is skipped (weights and Adam state
+    unchanged) and the scale lowered. A disabled scaler is a plain ``backward`` and ``step``.
+
+    Args:
+        loss: The batch's scalar loss.
+        optimizer: The run's optimiser (gradients already zeroed).
+        scaler: The run's :func:`~feclip.train.precision.grad_scaler`.
+        grad_clip_norm: Clip the norm of all trained gradients together to this (``None``: no clipping).
+
+    Returns:
+        Whether the step was skipped for non-finite gradients (always ``False`` without a scaler).
+    """
+    scaler.scale(loss).backward()
+    if grad_clip_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip_norm)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.is_enabled() and scaler.get_scale() < scale  # the scale only drops after a skipped step
 
 
 @dataclass
@@ -130,9 +167,11 @@ class _Run:
     config: TrainConfig
     device: torch.device
     amp: torch.dtype | None
+    scaler: torch.amp.GradScaler
     distributed: DistributedContext
     cache: PrefixCache | None
     state: RunState
+    out_dir: Path
 
 
 def train(
@@ -167,6 +206,10 @@ def train(
 
     Returns:
         The :class:`History`, also written to ``out_dir/history.{csv,json}``.
+
+    Raises:
+        NonFiniteLossError: The loss or the weights became NaN or infinite (the run folder keeps the last
+            good epoch).
     """
     config = config or TrainConfig()
     _check_labels(train_dataset)
@@ -189,14 +232,17 @@ def _set_up(model: Any, dataset: Dataset, config: TrainConfig, out_dir: Path, re
     optimizer, loss_fn = build_optimizer(model, config), build_loss(config)
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    amp = resolve_amp(config.amp, device)
+    scaler = grad_scaler(device, amp)
     state_path = resolve_resume(resume, out_dir)
-    state = resume_run(state_path, model, optimizer, config, generator) if state_path is not None else RunState()
+    state = RunState() if state_path is None else resume_run(state_path, model, optimizer, config, generator,
+                                                             scaler=scaler)
     cache = PrefixCache(model, len(dataset), device) if config.cache_prefix else None  # type: ignore[arg-type]
     loader, sampler = build_train_loader(IndexedDataset(dataset) if cache else dataset, config, generator, distributed,
                                          device)
     network = distributed.wrap(TrainingStep(model), device, find_unused_parameters=model.config.lambda_fuse == 0)
-    return _Run(model, network, loss_fn, optimizer, loader, sampler, generator, config, device,
-                resolve_amp(config.amp, device), distributed, cache, state)
+    return _Run(model, network, loss_fn, optimizer, loader, sampler, generator, config, device, amp, scaler,
+                distributed, cache, state, out_dir)
 
 
 def _train(run: _Run, out_dir: Path, val_dataset: Dataset | None, progress: bool, run_info: dict[str, Any] | None
@@ -208,6 +254,7 @@ def _train(run: _Run, out_dir: Path, val_dataset: Dataset | None, progress: bool
         tqdm.write(f"{out_dir}: all {config.epochs} epochs already done")
     for epoch in range(state.epoch, config.epochs):
         row = run_epoch(run, epoch, show)
+        _check_weights(run, epoch)
         if validation_due(config, epoch + 1, val_dataset is not None):
             row.update(distributed.from_main(
                 validate(run.model, val_dataset, config, run.device, run.amp) if distributed.is_main else None))
@@ -217,7 +264,7 @@ def _train(run: _Run, out_dir: Path, val_dataset: Dataset | None, progress: bool
         state.history.append(row)
         if distributed.is_main:
             save_epoch(out_dir, run.model, run.optimizer, config, run.generator, state, improved=improved,
-                       run_info=run_info)
+                       run_info=run_info, scaler=run.scaler)
             if show:
                 tqdm.write(_summary(row, config.epochs))
         distributed.barrier()
@@ -233,28 +280,60 @@ def run_epoch(run: _Run, epoch: int, show: bool) -> dict[str, Any]:
     if run.cache is not None:
         run.cache.start_epoch(run.model)
     run.network.train()
-    totals, started = EpochTotals(), time.perf_counter()
+    totals, started, skipped = EpochTotals(), time.perf_counter(), 0
     bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, leave=False, dynamic_ncols=True)
-    for batch in bar:
+    for batch_number, batch in enumerate(bar, start=1):
         with autocast(run.device, run.amp):
             prefix = run.cache.tokens_for(run.model, batch["image"], batch["index"]) if run.cache else None
             images = None if prefix is not None else batch["image"].to(run.device, non_blocking=True)
             output = run.network(images, prefix)
         parts = batch_loss(run.loss_fn, output, batch, run.device)
+        _check_loss(run, parts.total, epoch, batch_number)
         run.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        if config.grad_clip_norm is not None:
-            nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], config.grad_clip_norm)
-        run.optimizer.step()
+        skipped += optimizer_step(parts.total, run.optimizer, run.scaler, config.grad_clip_norm)
         state.global_step += 1
         totals.add(parts, len(batch["label"]))
         bar.set_postfix(loss=f"{totals.loss / totals.images:.4f}",
                         img_s=f"{totals.images * run.distributed.world_size / (time.perf_counter() - started):.1f}")
     totals = totals.summed_over(run.distributed, run.device)
     elapsed = time.perf_counter() - started
-    return {"epoch": epoch + 1, "step": state.global_step, **totals.means(), "images_per_s": totals.images / elapsed,
-            "lr": run.optimizer.param_groups[0]["lr"], "fc_patch_lr": run.optimizer.param_groups[1]["lr"],
-            "time_s": elapsed}
+    row = {"epoch": epoch + 1, "step": state.global_step, **totals.means(), "images_per_s": totals.images / elapsed,
+           "lr": run.optimizer.param_groups[0]["lr"], "fc_patch_lr": run.optimizer.param_groups[1]["lr"],
+           "time_s": elapsed, "amp": precision_name(run.amp)}
+    if run.scaler.is_enabled():
+        row.update(skipped_steps=skipped, loss_scale=run.scaler.get_scale())
+    return row
+
+
+def _kept(run: _Run, epoch: int) -> str:
+    """What the run folder still holds when epoch ``epoch`` (0-based) fails."""
+    if epoch == 0:
+        return "no epoch finished, so nothing was saved"
+    return f"nothing of this epoch was saved: {run.out_dir / LAST} holds epoch {epoch}, the last good one"
+
+
+def _check_loss(run: _Run, loss: Tensor, epoch: int, batch_number: int) -> None:
+    """Stop before the step when the loss is NaN or infinite (on any process: every one stops together)."""
+    value = float(loss.detach())
+    bad = run.distributed.sum(torch.tensor([0.0 if math.isfinite(value) else 1.0]), run.device)
+    if float(bad[0]) == 0:
+        return
+    where = "" if not math.isfinite(value) else " on another process"
+    raise NonFiniteLossError(
+        f"training diverged: the loss is {value if where == '' else 'NaN or infinite'}{where} at epoch {epoch + 1}, "
+        f"step {run.state.global_step + 1} (batch {batch_number} of {len(run.loader)} in this epoch); "
+        f"{_kept(run, epoch)}. Lower the learning rates (lr {run.config.lr:g}, fc_patch_lr {run.config.fc_patch_lr:g})"
+        + (" or train in float32 (amp 'off')" if run.amp is not None else ""))
+
+
+def _check_weights(run: _Run, epoch: int) -> None:
+    """Refuse to save an epoch whose trained weights hold NaN or infinities (non-finite gradients in its last step)."""
+    bad = sorted(name for name, parameter in run.model.named_parameters()
+                 if parameter.requires_grad and not bool(torch.isfinite(parameter).all()))
+    if bad:
+        raise NonFiniteLossError(f"training diverged: after epoch {epoch + 1} the trained weights {bad[:3]}"
+                                 f"{' ...' if len(bad) > 3 else ''} hold NaN or infinite values (non-finite gradients); "
+                                 f"{_kept(run, epoch)}")
 
 
 def _check_labels(dataset: Dataset) -> None:

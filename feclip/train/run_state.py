@@ -122,7 +122,8 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None
 
 
 def resume_run(
-    path: Path, model: Any, optimizer: torch.optim.Optimizer, config: TrainConfig, generator: torch.Generator
+    path: Path, model: Any, optimizer: torch.optim.Optimizer, config: TrainConfig, generator: torch.Generator,
+    *, scaler: torch.amp.GradScaler | None = None,
 ) -> RunState:
     """Load a training state into ``model``, ``optimizer`` and ``generator``, after checking that it fits.
 
@@ -148,6 +149,8 @@ def resume_run(
     for group, lr in zip(optimizer.param_groups, (config.lr, config.fc_patch_lr)):
         group["lr"] = lr
     restore_rng_state(state["rng"], generator)
+    if scaler is not None and scaler.is_enabled() and state.get("scaler"):  # fp16's loss scale goes on where it was
+        scaler.load_state_dict(state["scaler"])
     return RunState(state["epoch"], state["global_step"], state.get("best", -math.inf), History(state["history"]))
 
 
@@ -161,6 +164,7 @@ def save_epoch(
     *,
     improved: bool,
     run_info: dict[str, Any] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Write what one finished epoch leaves in the run folder: ``last`` (and ``best``), the state, the history.
 
@@ -173,6 +177,7 @@ def save_epoch(
         run: Where the run stands after this epoch; ``run.history[-1]`` is this epoch's row.
         improved: Whether this epoch's validation score is the best so far (then ``best`` is written).
         run_info: Facts about the run stored in every checkpoint as ``extra["run"]``.
+        scaler: The fp16 loss scaler, whose state (scale, growth tracker) a resume continues from.
     """
     row = run.history[-1]
     extra = {"epoch": run.epoch, "global_step": run.global_step, "train_config": config.to_dict(), "metrics": row,
@@ -191,6 +196,7 @@ def save_epoch(
         "train_config": config.to_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": capture_rng_state(generator),
+        "scaler": scaler.state_dict() if scaler is not None else {},
         "history": run.history.rows,
     }
     atomic_write(out_dir / STATE, lambda temporary: torch.save(state, temporary))
