@@ -54,10 +54,10 @@ class PretrainConfig:
         mix: What a batch holds.
     """
 
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 100
+    steps: int = 2000
+    batch_size: int = 24
+    lr: float = 2e-3
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     init_temperature: float = 0.07
     seed: int = 0

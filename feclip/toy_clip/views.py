@@ -47,16 +47,17 @@ class ViewMix:
             the batch, captioned with the same noun and template in the normal state, with the same windows.
         windows_per_image: Window views cut from each image.
         window_sizes: Window sides in patches, drawn uniformly.
-        defect_window_fraction: Share of a defective image's windows centred on the defect.
+        defect_window_fraction: Share of a defective image's windows centred on the defect (the others fall
+            anywhere, and are captioned by what they show).
         specific_caption: Chance that a defective view is captioned by its defect type (else "damaged", ...).
         families: Families the images are drawn from.
     """
 
     defect_fraction: float = 0.5
     twin_fraction: float = 1.0
-    windows_per_image: int = 2
-    window_sizes: tuple[int, ...] = (2, 3, 4)
-    defect_window_fraction: float = 0.5
+    windows_per_image: int = 4
+    window_sizes: tuple[int, ...] = (2, 3, 4, 6)
+    defect_window_fraction: float = 1.0
     specific_caption: float = 0.5
     families: tuple[str, ...] = PRETRAINING_FAMILIES
 
