@@ -165,6 +165,28 @@ class FEClip(FrozenClipDetector):
         """Rebuild a model saved by :meth:`save`: :func:`load_feclip` (``clip``, ``tokenizer``, ``pretrained``...)."""
         return load_feclip(path, device=device, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, path_or_url: str | Path, sha256: str | None = None, *, device: torch.device | str = "cpu",
+                        cache_dir: str | Path | None = None, progress: bool = True, **options: Any) -> FEClip:
+        """Load a published checkpoint: a URL (downloaded once into a cache, :mod:`feclip.hub`) or a local one.
+
+        Args:
+            path_or_url: ``http(s)://`` URL of a ``.safetensors`` checkpoint (the file alone: its header holds
+                the config), or a local checkpoint file or run folder.
+            sha256: The file's published SHA-256, checked before anything is loaded.
+            device: Device of the returned model.
+            cache_dir: Where downloads are kept (default ``$FECLIP_CACHE/checkpoints``, else torch's hub cache).
+            progress: Show a progress bar while downloading.
+            **options: :func:`load_feclip`'s ``clip``, ``tokenizer``, ``pretrained`` and ``quick_gelu``.
+
+        Returns:
+            The model in eval mode, its backbone rebuilt from the checkpoint's record.
+        """
+        from feclip.hub import fetch_checkpoint
+
+        checkpoint = fetch_checkpoint(path_or_url, sha256, cache_dir=cache_dir, progress=progress)
+        return load_feclip(checkpoint, device=device, **options)
+
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Save the trained weights (adapters and ``fc_patch``) and the config, atomically.
 

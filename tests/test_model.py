@@ -482,3 +482,21 @@ def test_a_grid_the_windows_do_not_divide() -> None:
     torch.testing.assert_close(out.tap_maps[0], expected_map)
     identity = FEClip(clip, tokenizer, backbone=TINY_MODEL, pretrained=None, lambda_fuse=0.0)
     torch.testing.assert_close(identity.embed(images)[-1].image_embedding, clip.encode_image(images), atol=1e-5, rtol=0)
+
+
+def test_from_pretrained_loads_a_local_checkpoint_after_checking_its_sha256(tiny_clip, tiny_images, tmp_path) -> None:
+    """A local file or run folder; over HTTP with its cache: tests/test_hub.py."""
+    import hashlib
+
+    from feclip.data.download import ChecksumMismatchError
+
+    model = _model(tiny_clip, fc_patch_init="clip", lambda_fuse=0.3)
+    path = model.save(tmp_path / "last.safetensors")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for source in (path, tmp_path):
+        loaded = FEClip.from_pretrained(source, sha256=digest)
+        assert loaded.config == model.config
+        with torch.no_grad():
+            assert torch.equal(loaded(tiny_images).anomaly_map, model.eval()(tiny_images).anomaly_map)
+    with pytest.raises(ChecksumMismatchError, match="expected " + "f" * 64):
+        FEClip.from_pretrained(path, sha256="f" * 64)
