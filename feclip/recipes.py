@@ -29,6 +29,7 @@ from feclip.backbones import create_clip
 from feclip.checkpoint import read_metadata
 from feclip.config import FEClipConfig
 from feclip.data import AnomalyDataset, build_dataset, transforms_for_clip
+from feclip.dct import canonical_basis
 from feclip.model import FEClip
 from feclip.profiles import Profile, ensure_data
 from feclip.protocol import check_training_data, data_record
@@ -65,14 +66,26 @@ def build_model(profile: Profile, *, quick_gelu: bool | None = None, backbone_se
     seed = profile.seed if backbone_seed is None else backbone_seed
     clip, tokenizer = create_clip(profile.backbone, profile.pretrained, device=profile.device, seed=seed,
                                   quick_gelu=quick_gelu)
-    if isinstance(overrides.get("tap_indices"), str):
-        if overrides["tap_indices"] not in TAP_SETS:
-            raise ValueError(f"unknown tap set {overrides['tap_indices']!r}; choose one of {sorted(TAP_SETS)}")
-        overrides["tap_indices"] = tap_set(overrides["tap_indices"], len(clip.visual.transformer.resblocks))
+    overrides = _resolved(overrides, len(clip.visual.transformer.resblocks))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(profile.seed)  # the adapters' and fc_patch's initialisation
         model = FEClip(clip, tokenizer, **overrides)
     return model.to(profile.device)
+
+
+def _resolved(overrides: dict[str, Any], depth: int) -> dict[str, Any]:
+    """Model overrides as the config stores them: a tap-set name as its blocks for ``depth``, the basis canonical."""
+    resolved = dict(overrides)
+    taps = resolved.get("tap_indices")
+    if isinstance(taps, str):
+        if taps not in TAP_SETS:
+            raise ValueError(f"unknown tap set {taps!r}; choose one of {sorted(TAP_SETS)}")
+        resolved["tap_indices"] = tap_set(taps, depth)
+    elif taps is not None:
+        resolved["tap_indices"] = sorted(taps)
+    if "basis" in resolved:
+        resolved["basis"] = canonical_basis(resolved["basis"])
+    return resolved
 
 
 @dataclass
@@ -194,7 +207,8 @@ def _finished_run(profile: Profile, run_dir: Path, config: TrainConfig, model_ov
     saved_training = TrainConfig.from_dict(saved).to_dict() if saved else {}
     wanted_training = config.to_dict()
     wanted_model = {name: getattr(FEClipConfig(), name) for name in _MODEL_RUN_DEFINING}
-    wanted_model |= {k: v for k, v in model_overrides.items() if k not in _INFERENCE_ONLY}
+    depth = len(model.clip.visual.transformer.resblocks)
+    wanted_model |= {k: v for k, v in _resolved(model_overrides, depth).items() if k not in _INFERENCE_ONLY}
     differing = {k: v for k, v in wanted_model.items() if getattr(model.config, k) != v}
     differing |= {k: wanted_training[k] for k in _RUN_DEFINING if saved_training.get(k, wanted_training[k]) != wanted_training[k]}
     if differing:

@@ -97,3 +97,17 @@ def test_build_model_is_the_same_whatever_the_global_rng(profile) -> None:
 def test_default_run_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FECLIP_RUNS", str(tmp_path))
     assert default_run_dir(SMOKE, "ablation") == tmp_path / "smoke" / "ablation"
+
+
+def test_a_finished_run_is_found_whatever_the_spelling_of_its_settings(profile, tmp_path: Path) -> None:
+    """A tap-set name, its blocks in any order, and the basis' old name "dft" all name the same run."""
+    run_dir = tmp_path / "named"
+    model, _ = load_or_train(profile, run_dir, tap_indices="spread_5", basis="dft")
+    assert model.config.tap_indices == [4, 6, 9, 11] and model.config.basis == "hartley"
+    for taps, basis in (("spread_5", "hartley"), ([11, 9, 6, 4], "dft")):
+        again, _ = load_or_train(profile, run_dir, tap_indices=taps, basis=basis)  # loaded, not trained again
+        assert again.config == model.config
+    with pytest.raises(ValueError, match="another configuration.*tap_indices"):
+        load_or_train(profile, run_dir, tap_indices="last4", basis="hartley")
+    with pytest.raises(ValueError, match="unknown tap set 'spread_9'"):
+        build_model(profile, tap_indices="spread_9")
