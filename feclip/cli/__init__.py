@@ -10,9 +10,9 @@ Layout: each subcommand is a module of this package with ``NAME``, ``SUMMARY`` (
 :data:`COMMANDS` lists them in the order ``feclip --help`` shows them. Shared flags and the one-line
 errors live in :mod:`feclip.cli.common`, the offered values in :mod:`feclip.cli.choices`. Modules
 import torch (and the library) only inside ``run``, and only the command that runs gets its
-arguments, so that ``--help`` answers at once. A new subcommand is a new module listed in
-:data:`COMMANDS`; the ones planned next: ``export`` (``feclip.export``), ``pretrain-toy-clip``
-(``feclip.toy_clip.pretrain``).
+arguments, so that ``--help`` answers at once (``pretrain-toy-clip``'s own ``--help`` excepted: its
+options and defaults are :mod:`feclip.toy_clip.pretrain`'s). A new subcommand is a new module listed in
+:data:`COMMANDS`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "download": "download",
     "reproduce": "reproduce",
+    "export": "export",
+    "pretrain-toy-clip": "pretrain_toy_clip",
 }
 
 _EXAMPLES = """examples:

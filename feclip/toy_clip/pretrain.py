@@ -34,9 +34,11 @@ from tqdm.auto import tqdm
 from feclip.toy_clip.views import PretrainBatch, ViewMix, group_windows, render_batch, step_rng, window_indices
 from feclip.vit import embed_images, project_tokens, run_blocks
 
-__all__ = ["PretrainConfig", "encode_batch", "encode_captions", "pretrain", "save_toy_weights", "main"]
+__all__ = ["PretrainConfig", "add_arguments", "encode_batch", "encode_captions", "pretrain", "run", "save_toy_weights",
+           "main"]
 
 TOY_DESCRIPTION = "feclip toy CLIP, pretrained on the synthetic world; not OpenAI's CLIP"
+DESCRIPTION = "Pretrain feclip-tiny contrastively (open_clip.ClipLoss) on captioned synthetic textures and objects."
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def encode_captions(clip: nn.Module, tokens: Tensor) -> Tensor:
     Returns:
         Text embeddings ``(T, E)``, equal to ``clip.encode_text(tokens)``.
     """
-    length = int((tokens != 0).sum(dim=1).max())
+    length = int((tokens != 0).sum(dim=1).max()) - 1
     tokens = tokens[:, :length]
     x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
     x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
@@ -258,12 +260,9 @@ def save_toy_weights(clip: nn.Module, path: str | Path, metadata: dict[str, Any]
     return path
 
 
-def _parser() -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m feclip.toy_clip``, also those of ``feclip pretrain-toy-clip``."""
     defaults = PretrainConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m feclip.toy_clip",
-        description="Pretrain feclip-tiny contrastively (open_clip.ClipLoss) on captioned synthetic textures and objects.",
-    )
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="weights file to write (.safetensors)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimiser steps (default: {defaults.steps})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
@@ -277,28 +276,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable state files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m feclip.toy_clip", description=DESCRIPTION)
+    add_arguments(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run pretraining from the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace, command: str) -> int:
+    """Pretrain with the parsed options of :func:`add_arguments` and write the weights; ``command`` is recorded.
+
+    Raises:
+        ValueError: An option out of range, or a state file of another configuration.
+        OSError: The weights or the state cannot be written.
+    """
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                                weight_decay=args.weight_decay, seed=args.seed,
-                                mix=dataclasses.replace(ViewMix(), windows_per_image=args.windows_per_image))
-        if args.out.suffix != ".safetensors":
-            raise ValueError(f"--out must be a .safetensors file, got {args.out}")
-        began = time.perf_counter()
-        clip, _, history = pretrain(config, args.out, save_every=args.save_every, progress=not args.quiet)
-    except (ValueError, OSError) as error:
-        print(f"feclip.toy_clip: error: {error}", file=sys.stderr)
-        return 1
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                            weight_decay=args.weight_decay, seed=args.seed,
+                            mix=dataclasses.replace(ViewMix(), windows_per_image=args.windows_per_image))
+    if args.out.suffix != ".safetensors":
+        raise ValueError(f"--out must be a .safetensors file, got {args.out}")
+    began = time.perf_counter()
+    clip, _, history = pretrain(config, args.out, save_every=args.save_every, progress=not args.quiet)
     from feclip import __version__
 
-    command = "python -m feclip.toy_clip " + " ".join(sys.argv[1:] if argv is None else argv)
     metadata = dict(command=command, feclip_version=__version__, git_commit=_git_commit(),
                     date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), torch_version=torch.__version__,
                     threads=torch.get_num_threads(), wall_seconds=round(time.perf_counter() - began, 1),
@@ -306,3 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_toy_weights(clip, args.out, metadata)
     print(f"wrote {args.out} ({metadata['wall_seconds']} s, mean loss of the last 50 steps {metadata['final_loss']:.3f})")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run pretraining from the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return run(args, "python -m feclip.toy_clip " + " ".join(sys.argv[1:] if argv is None else argv))
+    except (ValueError, OSError) as error:
+        print(f"feclip.toy_clip: error: {error}", file=sys.stderr)
+        return 1
