@@ -195,3 +195,19 @@ def test_prefix_cache_main_on_tiny(tmp_path):
     assert 0 < row["flop_share_skipped"] < 1 and row["flop_bound"] == pytest.approx(1 / (1 - row["flop_share_skipped"]))
     assert row["cache_mib"] == pytest.approx(4 * 145 * 64 * 4 / 2**20)
     assert (tmp_path / "p.json").stat().st_size > 0
+
+
+def test_full_epoch_main_on_tiny(tmp_path):
+    """The full recipe's epoch, timed end to end (here: tiny backbone, 6 small JPEGs in VisA's layout, the CPU)."""
+    full_epoch = _load("full_epoch")
+    row = full_epoch.main(["--device", "cpu", "--backbone", "feclip-tiny", "--images", "6", "--size", "150", "100",
+                           "--batch-size", "4", "--num-workers", "0", "--threads", "1", "--quiet",
+                           "--json", str(tmp_path / "f.json")])
+    assert (row["images"], row["steps"], row["batch"], row["amp"]) == (6, 2, 4, "off")  # batches of 4 and 2; CPU: fp32
+    config = row["train_config"]
+    assert (config["lr"], config["fc_patch_lr"], config["epochs"], config["amp"]) == (5e-4, 5e-6, 1, "auto")  # full recipe
+    assert row["images_per_s"] == pytest.approx(6 / row["epoch_s"], rel=1e-12)
+    assert row["visa_epoch_s"] == pytest.approx(2162 / row["images_per_s"], rel=1e-12)
+    assert row["recipe_s"] == pytest.approx(9 * row["visa_epoch_s"], rel=1e-12)
+    assert math.isfinite(row["loss"]) and row["train_call_s"] >= row["epoch_s"] > 0
+    assert (tmp_path / "f.json").stat().st_size > 0
