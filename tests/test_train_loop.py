@@ -301,3 +301,19 @@ def test_weights_made_non_finite_by_the_last_step_are_never_saved(tiny_clip, tmp
         train(model, RandomAnomalyDataset(), make_config(epochs=2), out_dir=tmp_path, progress=False)
     assert read_metadata(tmp_path / LAST)["extra"]["epoch"] == 1
     assert bool(torch.isfinite(load_file(tmp_path / LAST)["fc_patch.bias"]).all())
+
+
+def test_the_default_workers_train_without_dataloader_warnings(tiny_clip, tmp_path: Path) -> None:
+    """issue 13: the worker default fits the machine, so neither training nor its validations warn about workers."""
+    import warnings
+
+    from feclip.train.config import default_num_workers
+
+    config = TrainConfig(epochs=2, batch_size=4, device="cpu")  # num_workers left at its default
+    assert config.num_workers == default_num_workers() >= 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = train(make_model(tiny_clip), RandomAnomalyDataset(), config, out_dir=tmp_path,
+                        val_dataset=RandomAnomalyDataset(n=4, seed=1), progress=False)
+    assert len(history) == 2 and "val_image_auroc" in history[-1]
+    assert [str(w.message) for w in caught if "worker" in str(w.message)] == []
