@@ -23,16 +23,21 @@ activation the weights' tag implies.
 
 Every file is written atomically (:func:`atomic_write`): to a temporary file in the same
 folder, flushed to disk with ``fsync``, then renamed over the target with ``os.replace``.
-A crash or a Colab disconnect in the middle of a save leaves the previous checkpoint intact.
+A crash or a Colab disconnect in the middle of a save leaves the previous checkpoint intact;
+:func:`remove_stale_temporaries` deletes the hidden temporary such a crash leaves behind. A full
+disk is one :class:`DiskFullError` naming the file. Files get the user's normal permissions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,12 +57,14 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "TRAINED_PREFIXES",
     "CheckpointMismatch",
+    "DiskFullError",
     "atomic_write",
     "backbone_fingerprint",
     "checkpoint_paths",
     "config_differences",
     "load_into",
     "read_metadata",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "trained_state_dict",
     "upgrade_config",
@@ -90,6 +97,27 @@ class CheckpointMismatch(ValueError):
 
 # --------------------------------------------------------------------------- atomic files
 
+# A temporary of atomic_write: ".<target name>.<8 random characters>.tmp" in the target's folder (the same
+# pattern tempfile.mkstemp gave before, so that leftovers of older versions are recognised too).
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+# Free space below which a failed write is taken to have filled the disk (writers such as torch.save report
+# a full disk as an unrelated RuntimeError; the half-written temporary still holds the space when we look).
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+class DiskFullError(OSError):
+    """A file could not be written because its file system is full (or the user's quota is spent).
+
+    Its ``errno`` is ``ENOSPC``; its message is the one line the command line prints.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno, self.strerror = errno.ENOSPC, message
+
+    def __str__(self) -> str:
+        return self.strerror
+
 
 def _fsync_directory(directory: Path) -> None:
     """Make a rename durable; best effort, since some file systems (Windows, FUSE mounts) refuse it."""
@@ -101,8 +129,43 @@ def _fsync_directory(directory: Path) -> None:
             os.close(descriptor)
 
 
+def _new_temporary(path: Path) -> tuple[Path, int]:
+    """Create an empty temporary beside ``path`` with the user's normal permissions (``0o666`` less the umask).
+
+    ``tempfile.mkstemp`` would create it ``0o600`` (and so does safetensors, which writes its own
+    temporary), and ``os.replace`` keeps that mode: checkpoints the user's group cannot read.
+
+    Returns:
+        The temporary and the permission bits it was created with.
+    """
+    while True:
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temporary, stat.S_IMODE(temporary.stat().st_mode)
+
+
+def _disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write failed because ``directory``'s file system is full."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error).lower()
+    if "no space left on device" in text or "os error 28" in text or "disk quota exceeded" in text:
+        return True
+    try:
+        usage = os.statvfs(directory)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return usage.f_bavail * usage.f_frsize < _NEARLY_FULL_BYTES
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write a file so that ``path`` holds either its old content or the complete new one.
+
+    The file gets the user's normal permissions (``0o666`` less the umask). A write that fails because
+    the disk is full raises :class:`DiskFullError` naming ``path`` (the previous file is kept).
 
     Args:
         path: The target file.
@@ -110,22 +173,53 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DiskFullError: No space left on the device (or the quota is spent); ``path`` is unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    temporary_path = Path(temporary)
+    temporary_path, mode = _new_temporary(path)
     try:
         write(temporary_path)
+        if stat.S_IMODE(temporary_path.stat().st_mode) != mode:  # the writer made its own file (safetensors: 0o600)
+            os.chmod(temporary_path, mode)
         with open(temporary_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary_path, path)
+    except Exception as error:
+        full = _disk_full(error, path.parent)
+        temporary_path.unlink(missing_ok=True)
+        if full:
+            kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
+            raise DiskFullError(f"no space left on device while writing {path} ({kept}); free some space and run "
+                                "the command again") from error
+        raise
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporaries an interrupted :func:`atomic_write` left in ``directory`` (a crash, ``kill -9``).
+
+    Call it only where no other process is writing (the run folder's lock is held): a temporary
+    being written right now looks the same.
+
+    Returns:
+        The files deleted.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for candidate in directory.iterdir():
+        if _TEMPORARY.match(candidate.name) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

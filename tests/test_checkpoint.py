@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import json
+import os
+import shutil
+import stat
+import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +23,13 @@ import feclip.checkpoint as checkpoint
 from feclip.backbones import create_tiny_clip
 from feclip.checkpoint import (
     CheckpointMismatch,
+    DiskFullError,
     atomic_write,
     backbone_fingerprint,
     checkpoint_paths,
     load_into,
     read_metadata,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from feclip.model import FEClip, load_feclip
@@ -156,6 +165,83 @@ def test_atomic_write_replaces_only_when_complete(tmp_path: Path) -> None:
     assert target.read_text() == "old"
     atomic_write(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["file.txt"]
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_files_get_the_users_normal_permissions(tiny_clip, tmp_path: Path) -> None:
+    """0o666 less the umask, as any other program's files; not mkstemp's (or safetensors') 0o600."""
+    for mask, expected in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        folder = tmp_path / oct(mask)
+        with _umask(mask):
+            weights = save_checkpoint(_model(tiny_clip), folder / "last.safetensors")
+            text = atomic_write(folder / "history.json", lambda tmp: tmp.write_text("[]"))
+            state = atomic_write(folder / "last.state.pt", lambda tmp: torch.save({"x": torch.zeros(2)}, tmp))
+        assert [_mode(p) for p in (weights, folder / "last.json", text, state)] == [expected] * 4, oct(mask)
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    leftovers = [".last.safetensors.k2j_x9a1.tmp", ".last.state.pt.0a1b2c3d.tmp", ".history.csv.abcdefgh.tmp"]
+    kept = ["last.safetensors", "notes.tmp", ".hidden", ".x.short.tmp", "a.last.state.pt.0a1b2c3d.tmp"]
+    for name in leftovers + kept:
+        (tmp_path / name).write_text("x")
+    assert sorted(p.name for p in remove_stale_temporaries(tmp_path)) == sorted(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_keeps_the_last_good_one(tiny_clip, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    path = save_checkpoint(_model(tiny_clip, seed=0), tmp_path / "last.safetensors", extra={"epoch": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(DiskFullError, match=f"no space left on device while writing {path} \\(the previous "
+                                            "last.safetensors is kept\\)") as raised:
+        save_checkpoint(_model(tiny_clip, seed=1), path, extra={"epoch": 2})
+    assert raised.value.errno == errno.ENOSPC and isinstance(raised.value, OSError)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary, nothing replaced
+    with pytest.raises(DiskFullError, match="new.txt was not written"):  # the writers' own wording counts too
+        atomic_write(tmp_path / "new.txt", lambda tmp: (_ for _ in ()).throw(RuntimeError("I/O error: os error 28")))
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 kB tmpfs (needs the right to mount: root in a container), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)  # lazy: a failed test may still hold a file open
+
+
+def test_a_really_full_disk_is_reported_whatever_the_writer_raises(small_tmpfs: Path) -> None:
+    """torch.save reports a full disk as an unrelated RuntimeError: the free space tells."""
+    target = small_tmpfs / "last.state.pt"
+    atomic_write(target, lambda tmp: torch.save({"x": torch.zeros(10)}, tmp))
+    before = target.read_bytes()
+    with pytest.raises(DiskFullError, match=f"no space left on device while writing {target}"):
+        atomic_write(target, lambda tmp: torch.save({"x": torch.zeros(200_000)}, tmp))  # 800 kB
+    assert target.read_bytes() == before and [p.name for p in small_tmpfs.iterdir()] == ["last.state.pt"]
 
 
 def test_bad_files_give_clear_errors(tmp_path: Path) -> None:

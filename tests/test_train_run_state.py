@@ -12,7 +12,7 @@ from train_helpers import RandomAnomalyDataset, make_config, make_model, same, t
 from feclip.checkpoint import CheckpointMismatch, read_metadata
 from feclip.model import FEClip
 from feclip.train import LAST, STATE, resolve_resume, train
-from feclip.train.run_state import capture_rng_state, restore_rng_state
+from feclip.train.run_state import capture_rng_state, read_state, restore_rng_state
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_clip, tmp_path: Path) -> None:
@@ -64,3 +64,27 @@ def test_rng_states_survive_a_state_file(tmp_path: Path) -> None:
     actual = (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3), torch.rand(3, generator=generator))
     assert actual[:3] == expected[:3]
     assert torch.equal(actual[3], expected[3]) and torch.equal(actual[4], expected[4])
+
+
+def test_a_truncated_or_corrupt_state_is_one_error_naming_the_file(tiny_clip, tmp_path: Path) -> None:
+    train(make_model(tiny_clip), RandomAnomalyDataset(n=4), make_config(epochs=1), out_dir=tmp_path, progress=False)
+    state = tmp_path / STATE
+    whole = state.read_bytes()
+    assert read_state(state)["epoch"] == 1 and read_state(state, mmap=True)["epoch"] == 1
+    damaged = {
+        "truncated": (whole[: len(whole) // 2], "is truncated or corrupt"),
+        "garbage": (b"\x00" * 64, "is truncated or corrupt"),
+        "empty": (b"", "is truncated or corrupt"),
+    }
+    for name, (content, message) in damaged.items():
+        state.write_bytes(content)
+        with pytest.raises(ValueError, match=f"training state {state} {message}"):
+            train(make_model(tiny_clip), RandomAnomalyDataset(n=4), make_config(), out_dir=tmp_path, resume="auto",
+                  progress=False)
+    torch.save({"epoch": 1, "weights": torch.zeros(2)}, state)  # a torch file, but not a training state
+    with pytest.raises(ValueError, match=rf"{state} is not a feclip training state \(it lacks \['format', 'global_step'"):
+        read_state(state)
+    torch.save({"format": 99, **{key: 0 for key in ("epoch", "global_step", "model", "model_config", "backbone_fingerprint",
+                                      "train_config", "optimizer", "rng", "history")}}, state)
+    with pytest.raises(ValueError, match="has format 99; .*upgrade feclip"):
+        read_state(state)

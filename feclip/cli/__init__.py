@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from feclip import __version__
-from feclip.cli.common import formatter, user_errors
+from feclip.cli.common import error_line, formatter, user_errors
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -107,6 +107,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if debug or not isinstance(err, user_errors()):
             raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"feclip: error: {message}", file=sys.stderr)
+        print(f"feclip: error: {error_line(err)}", file=sys.stderr)
         return 1

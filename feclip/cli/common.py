@@ -6,9 +6,10 @@ This module imports no torch at module level: parsers are built from it before a
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,15 @@ __all__ = [
     "add_checkpoint_input",
     "add_quick_gelu",
     "add_runtime",
+    "check_output_folder",
+    "error_line",
     "formatter",
     "is_main_process",
     "load_checkpoint_model",
     "parse_pretrained",
+    "pretrained_file_errors",
+    "require_non_negative",
+    "require_positive",
     "say",
     "user_errors",
 ]
@@ -49,6 +55,72 @@ def user_errors() -> tuple[type[BaseException], ...]:
     if "torch" in sys.modules:
         errors.append(sys.modules["torch"].cuda.OutOfMemoryError)
     return tuple(errors)
+
+
+def error_line(error: BaseException) -> str:
+    """An error as one line: its message with the whitespace folded.
+
+    An error raised in a DataLoader worker reaches the main process as the same type whose message
+    holds the worker's whole traceback; its last line is the original message.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+        name, separator, message = last.partition(": ")
+        text = message if separator and name.replace(".", "").replace("_", "").isalnum() else last
+    return " ".join(text.split()) or type(error).__name__
+
+
+def check_output_folder(path: Path, option: str = "--out") -> None:
+    """Refuse an output folder that exists as something else (a file), before any work is done.
+
+    Raises:
+        NotADirectoryError: Naming ``option`` and ``path``.
+    """
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file, not a folder; choose a folder for the output")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a given value of the flags ``names`` (attribute names) that is not positive, naming the flag."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise ValueError(f"{_flag(name)} must be positive, got {value}")
+
+
+def require_non_negative(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a given value of the flags ``names`` that is negative, naming the flag."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value >= 0:
+            raise ValueError(f"{_flag(name)} must be zero or more, got {value}")
+
+
+@contextlib.contextmanager
+def pretrained_file_errors(pretrained: str | None, backbone: str | None) -> Iterator[None]:
+    """Turn what loading a ``--pretrained`` weights file that does not fit raises into one error naming it.
+
+    open_clip fails on such a file with a ``RuntimeError`` listing hundreds of keys, an assertion or a
+    ``KeyError`` from the unpickler; nothing the user can read. Other errors pass unchanged.
+    """
+    path = Path(pretrained).expanduser() if pretrained and parse_pretrained(pretrained) else None
+    try:
+        yield
+    except (RuntimeError, KeyError, AssertionError, EOFError, IndexError, TypeError, AttributeError) as err:
+        if path is None or not path.is_file():
+            raise
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ValueError(f"--pretrained {pretrained} is not a CLIP checkpoint of {backbone or 'this backbone'} "
+                         f"({reason[:160]})") from err
+    except Exception as err:
+        if path is None or not path.is_file() or isinstance(err, user_errors()):
+            raise
+        raise ValueError(f"--pretrained {pretrained} is not a readable CLIP checkpoint ({error_line(err)[:160]})") from err
 
 
 def formatter(prog: str) -> argparse.HelpFormatter:
@@ -100,13 +172,9 @@ def load_checkpoint_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from feclip.train import resolve_device
 
     device = resolve_device(args.device or "auto")
-    model = load_feclip(args.ckpt, device=device, pretrained=parse_pretrained(args.pretrained), quick_gelu=args.quick_gelu)
+    with pretrained_file_errors(args.pretrained, "the checkpoint's backbone"):
+        model = load_feclip(args.ckpt, device=device, pretrained=parse_pretrained(args.pretrained), quick_gelu=args.quick_gelu)
     for flag in ("map_score", "resize_mode"):  # how the model reports and reads images; not what it learnt
         if getattr(args, flag) is not None:
             setattr(model.config, flag, getattr(args, flag))
     return model, device
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file as a dict; ``{}`` when there is none."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -26,11 +26,20 @@ from feclip.cli.choices import (
     RESIZE_MODES,
     TINY_MODEL,
 )
-from feclip.cli.common import add_quick_gelu, add_runtime, is_main_process, parse_pretrained, read_json, say
+from feclip.cli.common import (
+    add_quick_gelu,
+    add_runtime,
+    check_output_folder,
+    is_main_process,
+    parse_pretrained,
+    pretrained_file_errors,
+    require_non_negative,
+    require_positive,
+    say,
+)
 
 NAME = "train"
 SUMMARY = "train FE-CLIP's adapters (checkpoints every epoch, resumable)"
-RUN_FILE = "run.json"
 # Share of the training set the smoke run holds out for validation (stratified per category and label).
 SMOKE_VAL_FRACTION = 0.25
 _MODEL_FLAGS = {  # command-line flag -> FEClipConfig field
@@ -62,8 +71,12 @@ reached, the randomly initialised feclip-tiny backbone is used and a line on std
 With --train the run follows the paper's recipe (the full profile's).
 
 Every epoch writes RUN_DIR/last.safetensors (+ .json), RUN_DIR/last.state.pt and
-RUN_DIR/history.{csv,json}; with validation also best.safetensors. After an interruption,
-run the same command with --resume (the data and model flags are read from RUN_DIR/run.json).
+RUN_DIR/history.{csv,json}; with validation also best.safetensors. RUN_DIR/run.json records
+the run: its data (absolute paths and a fingerprint of every data set), model and training
+settings. A run folder belongs to one run: after an interruption the same command resumes it
+(and says so); another command is refused unless it passes --resume (continue the recorded
+run; its data must be unchanged unless --allow-data-change) or --overwrite (replace it).
+RUN_DIR/run.lock keeps a second process from training into the same folder at once.
 
 examples:
   feclip train --out runs/demo
@@ -119,8 +132,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="keep the frozen blocks' output before the first tap from epoch 1 and start later epochs "
                              "there: same result, less work (default: off)")
     add_runtime(parser, batch_size=None)
-    parser.add_argument("--resume", nargs="?", const="auto", metavar="PATH",
-                        help="continue an interrupted run: RUN_DIR's state, or the given run folder / state file")
+    folder = parser.add_mutually_exclusive_group()
+    folder.add_argument("--resume", nargs="?", const="auto", metavar="PATH",
+                        help="continue an interrupted run: RUN_DIR's state, or the given run folder / state file "
+                             "(the data and settings are read from its run.json)")
+    folder.add_argument("--overwrite", action="store_true",
+                        help="replace the run RUN_DIR holds (its checkpoints, state, history and run.json)")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="resume although the data differ from the recorded fingerprint (recorded in run.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -192,14 +211,142 @@ def _model_overrides(args: argparse.Namespace, record: dict[str, Any]) -> dict[s
     return overrides
 
 
-def run(args: argparse.Namespace) -> int:
-    from feclip import __version__
-    from feclip.checkpoint import CheckpointMismatch, config_differences, read_metadata
-    from feclip.recipes import build_model, training_data
-    from feclip.train import DistributedContext, resolve_device, resolve_resume, train
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse non-positive sizes and an --out that is a file, before any work."""
+    require_positive(args, "epochs", "batch_size", "ffe_window", "lfs_window")
+    require_non_negative(args, "num_workers")
+    check_output_folder(args.out, "--out")
 
-    state = resolve_resume(args.resume, args.out) if args.resume is not None else None
-    record = read_json(state.parent / RUN_FILE) if state is not None else {}
+
+def _record_for_resume(args: argparse.Namespace, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """``--resume``: the state to resume from and the record of its run (``None`` when there is none)."""
+    from feclip.run_folder import run_files_in
+    from feclip.train import resolve_resume
+    from feclip.train.run_record import RECORD_FILE, read_run_record
+
+    state = resolve_resume(args.resume, out)
+    source = state.parent if state is not None else out
+    if state is not None and source.resolve() != out.resolve() and run_files_in(out):
+        raise ValueError(f"--out {out} holds a run of its own; resume {source} into its own folder or an empty one")
+    path = source / RECORD_FILE
+    if path.is_file():
+        return state, read_run_record(path)
+    if state is None and not run_files_in(out):
+        return None, None  # nothing to resume: a new run
+    if not args.allow_data_change:
+        raise ValueError(f"cannot resume {source}: it has no {RECORD_FILE}, the record of the run's data and settings; "
+                         "pass its data flags (--train ...) and --allow-data-change to resume anyway")
+    return state, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from feclip.run_folder import RunLock
+
+    args.out = args.out.expanduser()
+    _check_flags(args)
+    lock = RunLock(args.out) if is_main_process() else None
+    if lock is not None:
+        lock.acquire()
+        for holder in lock.stale:
+            say(f"took over the stale lock of PID {holder.get('pid')} on {holder.get('host')} (no such process)")
+    try:
+        return _train_locked(args)
+    finally:
+        if lock is not None:
+            lock.release()
+            if lock.created and args.out.is_dir() and not any(args.out.iterdir()):
+                args.out.rmdir()  # refused before anything was written: leave no empty folder behind
+
+
+def _run_identity(model: Any, data: Any, config: Any, specs: dict[str, Any]) -> dict[str, Any]:
+    """What this command's run.json records: data specs (absolute) and fingerprints, model and training config."""
+    from feclip import __version__
+    from feclip.train.run_record import RECORD_FORMAT, data_fingerprint
+
+    roots = {name: spec.partition(":")[2] for name, spec in specs.items() if name != "val_fraction" and spec}
+    held_out = data.val.samples if specs["val_fraction"] else []  # the whole training data set: the split is seeded
+    fingerprints = {"train": data_fingerprint([*data.train.samples, *held_out], roots["train"]),
+                    "val": data_fingerprint(data.val.samples, roots["val"]) if specs["val"] else None,
+                    "target": data_fingerprint(data.target.samples, roots["target"]) if specs["target"] else None}
+    return {"format": RECORD_FORMAT, "feclip_version": __version__, **specs, "model": model.config.to_dict(),
+            "train_config": config.to_dict(), "data": fingerprints}
+
+
+def _listed(differences: list[str], most: int = 4) -> str:
+    more = f"; {len(differences) - most} more" if len(differences) > most else ""
+    return "; ".join(differences[:most]) + more
+
+
+def _data_changes(args: argparse.Namespace, record: dict[str, Any], current: dict[str, Any], source: Path
+                  ) -> list[dict[str, Any]]:
+    """``--resume``: refuse other data than recorded unless --allow-data-change; the changes to record."""
+    import time
+
+    from feclip.train.run_record import data_differences
+
+    changes = list(record.get("data_changes", []))
+    differences = data_differences(record, current) if record else ["no run record to compare with"]
+    if differences and not args.allow_data_change:
+        raise ValueError(f"cannot resume {source}: its data changed ({_listed(differences)}); pass "
+                         "--allow-data-change to resume anyway (it is recorded)")
+    if differences:
+        changes.append({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "differences": differences})
+        if is_main_process():
+            say(f"warning: resuming with other data (--allow-data-change, recorded in run.json): {_listed(differences)}")
+    return changes
+
+
+def _same_run_state(out: Path, on_disk: dict[str, Any], current: dict[str, Any], epochs: int) -> Path | None:
+    """A folder holding a run: this command must be that run; its state to resume from (and say so)."""
+    from feclip.train import STATE
+    from feclip.train.run_record import run_differences
+    from feclip.train.run_state import read_state
+
+    differences = run_differences(on_disk, current)
+    if differences:
+        raise ValueError(f"{out} holds a run ({_listed(differences)}); pass --resume to continue it or --overwrite "
+                         "to replace it")
+    state = out / STATE if (out / STATE).is_file() else None
+    if is_main_process():
+        done = read_state(state, mmap=True)["epoch"] if state else 0
+        if state is None:
+            say(f"restarting the run in {out}: no epoch of it had finished")
+        elif done >= epochs:
+            say(f"the run in {out} is complete ({done} of {epochs} epochs): nothing to train")
+        else:
+            say(f"resuming the run in {out} ({done} of {epochs} epochs done): the same settings and data as recorded")
+    return state
+
+
+def _train_locked(args: argparse.Namespace) -> int:
+    """``feclip train`` with the run folder's lock held: what the folder holds decides what the command may do."""
+    from feclip.checkpoint import CheckpointMismatch, atomic_write, config_differences, read_metadata, remove_stale_temporaries
+    from feclip.recipes import build_model, training_data
+    from feclip.run_folder import remove_run_files, run_files_in
+    from feclip.train import DistributedContext, resolve_device, train
+    from feclip.train.run_record import RECORD_FILE, absolute_spec, read_run_record
+    from feclip.train.run_state import read_state
+
+    out = args.out
+    if is_main_process() and remove_stale_temporaries(out):
+        say(f"removed the temporary files an interrupted save left in {out}")
+    existing = run_files_in(out)
+    state, record, on_disk = None, {}, None
+    resuming = args.resume is not None
+    if resuming:
+        state, resumed = _record_for_resume(args, out)
+        record = resumed or {}
+        if state is not None:
+            read_state(state, mmap=True)  # a truncated or corrupt state fails here, before any work
+        elif not existing:
+            resuming = False
+            if is_main_process():
+                say(f"nothing to resume in {out}: starting a new run")
+    elif existing and not args.overwrite:  # a run is there: this command may only be the same run
+        on_disk = read_run_record(out / RECORD_FILE) if (out / RECORD_FILE).is_file() else None
+        if on_disk is None:
+            raise ValueError(f"{out} holds a run ({', '.join(existing)}, but no {RECORD_FILE} to tell which); "
+                             "pass --resume to continue it or --overwrite to replace it")
     train_spec, val_spec = args.train or record.get("train"), args.val or record.get("val")
     val_fraction = args.val_fraction if args.val_fraction is not None else record.get("val_fraction")
     target_spec = args.target or record.get("target")
@@ -219,31 +366,42 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(config.device, distributed.local_rank)
         profile = dataclasses.replace(profile, device=str(device), seed=config.seed)
         quick_gelu = args.quick_gelu if args.quick_gelu is not None else record.get("model", {}).get("quick_gelu")
-        try:
-            model = build_model(profile, quick_gelu=quick_gelu, backbone_seed=record.get("model", {}).get("backbone_seed"),
-                                **overrides)
-        except TypeError as err:  # a backbone FE-CLIP cannot tap (no ViT image tower)
-            raise ValueError(f"--backbone {profile.backbone}: {err}") from err
+        with pretrained_file_errors(args.pretrained, profile.backbone):
+            try:
+                model = build_model(profile, quick_gelu=quick_gelu,
+                                    backbone_seed=record.get("model", {}).get("backbone_seed"), **overrides)
+            except TypeError as err:  # a backbone FE-CLIP cannot tap (no ViT image tower)
+                raise ValueError(f"--backbone {profile.backbone}: {err}") from err
         data = training_data(model, train_spec, val_spec=val_spec, val_fraction=val_fraction, target_spec=target_spec,
                              seed=config.seed)
+        specs = {"train": absolute_spec(train_spec), "val": absolute_spec(val_spec), "val_fraction": val_fraction,
+                 "target": absolute_spec(target_spec)}
+        current = _run_identity(model, data, config, specs)
+        changes = list((on_disk or {}).get("data_changes", []))
+        if resuming:
+            changes = _data_changes(args, record, current, state.parent if state else out)
+        elif on_disk is not None:
+            state = _same_run_state(out, on_disk, current, config.epochs)
         if state is not None and (state.parent / "last.safetensors").is_file():
             problems = config_differences(read_metadata(state.parent / "last.safetensors")["config"], model.config)
             if problems:  # before run.json is rewritten
                 raise CheckpointMismatch(f"cannot resume from {state}: " + "; ".join(problems))
         if distributed.is_main:
-            args.out.mkdir(parents=True, exist_ok=True)
-            run_record = {"feclip_version": __version__, "train": train_spec, "val": val_spec, "val_fraction": val_fraction,
-                          "target": target_spec, "model": model.config.to_dict(), "train_config": config.to_dict()}
-            (args.out / RUN_FILE).write_text(json.dumps(run_record, indent=2) + "\n", encoding="utf-8")
+            if args.overwrite and existing:
+                remove_run_files(out)
+                say(f"replacing the run in {out} (--overwrite)")
+            run_record = {**current, **({"data_changes": changes} if changes else {})}
+            atomic_write(out / RECORD_FILE,
+                         lambda tmp: tmp.write_text(json.dumps(run_record, indent=2) + "\n", encoding="utf-8"))
             validation = (f", validating on {len(data.val)} held-out images" if val_fraction else
                           f", validating on {val_spec}" if val_spec else "")
             print(f"training {model.config.backbone} ({model.config.pretrained or 'random init'}) taps "
                   f"{model.tap_indices} on {train_spec} ({len(data.train)} images{validation}) for "
-                  f"{config.epochs} epoch(s) -> {args.out}")
-        history = train(model, data.train, config, out_dir=args.out, val_dataset=data.val, resume=args.resume,
+                  f"{config.epochs} epoch(s) -> {out}")
+        history = train(model, data.train, config, out_dir=out, val_dataset=data.val, resume=state,
                         progress=not args.quiet, run_info=data.run_info)
     finally:
         distributed.close()
     if distributed.is_main and len(history):
-        print(f"done: {args.out / 'last.safetensors'} (final loss {history[-1]['loss']:.4f})")
+        print(f"done: {out / 'last.safetensors'} (final loss {history[-1]['loss']:.4f})")
     return 0

@@ -36,6 +36,7 @@ __all__ = [
     "RunState",
     "capture_rng_state",
     "restore_rng_state",
+    "read_state",
     "resolve_resume",
     "resume_run",
     "save_epoch",
@@ -44,6 +45,9 @@ __all__ = [
 
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "last.state.pt"
 _STATE_FORMAT = 1
+# What every state file holds (a newer key may be added; an older file without it is read with its default).
+_STATE_KEYS = ("format", "epoch", "global_step", "model", "model_config", "backbone_fingerprint", "train_config",
+               "optimizer", "rng", "history")
 # Settings a resumed run may change without changing its result.
 FREE_TO_CHANGE = ("epochs", "num_workers", "device", "val_every", "val_batch_size", "best_metric", "cache_prefix")
 
@@ -121,6 +125,33 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None
     generator.set_state(state["loader"])
 
 
+def read_state(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A training-state file's contents, checked to be one.
+
+    Args:
+        path: The ``.state.pt`` file.
+        mmap: Map the tensors instead of reading them (a quick check that the file is whole).
+
+    Raises:
+        ValueError: The file is truncated, corrupt or not a training state (naming it), or from a newer feclip.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle and zip errors for a damaged file
+        reason = " ".join(str(err).split()).split(". ")[0][:160] or type(err).__name__
+        raise ValueError(f"training state {path} is truncated or corrupt ({reason}); delete it to start the run "
+                         "again, or resume from a copy") from err
+    missing = [key for key in _STATE_KEYS if key not in state] if isinstance(state, dict) else list(_STATE_KEYS)
+    if missing:
+        raise ValueError(f"{path} is not a feclip training state (it lacks {missing})")
+    if state["format"] > _STATE_FORMAT:
+        raise ValueError(f"training state {path} has format {state['format']}; this feclip reads format "
+                         f"{_STATE_FORMAT} or older: upgrade feclip")
+    return state
+
+
 def resume_run(
     path: Path, model: Any, optimizer: torch.optim.Optimizer, config: TrainConfig, generator: torch.Generator,
     *, scaler: torch.amp.GradScaler | None = None,
@@ -131,8 +162,9 @@ def resume_run(
 
     Raises:
         CheckpointMismatch: The state was made for another model configuration or other backbone weights.
+        ValueError: The state file is truncated or corrupt (:func:`read_state`).
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state(path)
     problems = config_differences(state["model_config"], model.config)
     if state["backbone_fingerprint"] != backbone_fingerprint(model.clip):
         problems.append("backbone weights differ from the ones this run was trained with")
