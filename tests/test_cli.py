@@ -160,12 +160,12 @@ def test_predict_on_a_folder_of_own_images(run_dir: Path, synth: Path, tmp_path:
     Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / "b.jpg")  # another size
     out = tmp_path / "heatmaps"
     assert main(["predict", "--ckpt", str(run_dir / "last.safetensors"), str(images), "--out", str(out)]) == 0
-    assert "2 heatmaps" in capsys.readouterr().out
+    assert "2 images scored, 0 skipped" in capsys.readouterr().out
     scores = pd.read_csv(out / "scores.csv")
     assert list(scores["heatmap"]) == ["a_heatmap.png", "b_heatmap.png"] and list(scores["label"]) == [-1, -1]
-    for name, size in (("a_heatmap.png", (64, 64)), ("b_heatmap.png", (70, 50))):
-        with Image.open(out / name) as overlay:
-            assert overlay.size == size and overlay.mode == "RGB"
+    for name, (width, height) in (("a_heatmap.png", (64, 64)), ("b_heatmap.png", (70, 50))):
+        with Image.open(out / name) as overlay:  # the image's size, and a colour bar to its right
+            assert overlay.height == height and overlay.width > width and overlay.mode == "RGB"
     assert set(scores["map_sigma"]) == {0.0} and set(scores["map_score"]) == {"probability"}  # the model's own maps
     model = load_feclip(run_dir)
     transform = transforms_for_clip(model.clip)
@@ -185,7 +185,7 @@ def test_predict_on_a_folder_of_own_images(run_dir: Path, synth: Path, tmp_path:
 
 def test_predict_on_one_image(run_dir: Path, synth: Path, tmp_path: Path) -> None:
     image = synth / "objects" / "nut" / "test" / "crack" / "000.png"
-    assert main(["predict", "--ckpt", str(run_dir), str(image), "--out", str(tmp_path), "--alpha", "0"]) == 0
+    assert main(["predict", "--ckpt", str(run_dir), str(image), "--out", str(tmp_path), "--alpha", "0", "--no-colour-bar"]) == 0
     with Image.open(tmp_path / "000_heatmap.png") as overlay, Image.open(image) as original:
         assert np.array_equal(np.asarray(overlay), np.asarray(original.convert("RGB")))  # alpha 0: the image itself
 
@@ -346,6 +346,9 @@ def test_the_offered_values_are_the_librarys() -> None:
     assert choices.BASES == BASES and all(canonical_basis(alias) in BASES for alias in choices.BASIS_ALIASES)
     assert (choices.FC_PATCH_INITS, choices.MAP_SCORES, choices.RESIZE_MODES) == (FC_PATCH_INITS, MAP_SCORES, RESIZE_MODES)
     assert choices.AMP_MODES == AMP_MODES and choices.DEFAULT_MAP_SIGMA == DEFAULT_MAP_SIGMA
+    from feclip.heatmaps import MAP_FORMATS
+
+    assert choices.MAP_FORMATS == MAP_FORMATS
 
 
 def test_download_and_reproduce_are_wired(tmp_path: Path, capsys) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_PRETRAINED",
     "FC_PATCH_INITS",
     "LFS_STATISTICS",
+    "MAP_FORMATS",
     "MAP_SCORES",
     "RESIZE_MODES",
     "SYNTH_FAMILIES",
@@ -36,3 +37,4 @@ MAP_SCORES = ("probability", "logit_margin")  # feclip.config.MAP_SCORES
 RESIZE_MODES = ("squash", "crop")  # feclip.data.transforms.RESIZE_MODES
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # feclip.train.config.AMP_MODES
 DEFAULT_MAP_SIGMA = 4.0  # feclip.evaluate.DEFAULT_MAP_SIGMA
+MAP_FORMATS = ("npy", "png16", "none")  # feclip.heatmaps.MAP_FORMATS

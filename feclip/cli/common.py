@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,22 @@ __all__ = [
     "add_checkpoint_input",
     "add_quick_gelu",
     "add_runtime",
+    "check_detector_flags",
     "check_output_folder",
     "error_line",
     "formatter",
     "is_main_process",
+    "LoadedDetector",
     "load_checkpoint_model",
+    "load_detector",
     "parse_pretrained",
     "pretrained_file_errors",
     "require_non_negative",
     "require_positive",
     "say",
     "user_errors",
+    "winclip_plus",
+    "METHODS",
 ]
 
 
@@ -148,11 +154,40 @@ def add_quick_gelu(parser: argparse.ArgumentParser) -> None:
                              "LAION's and most others: GELU); default: decided from the tag or the file")
 
 
-def add_checkpoint_input(parser: argparse.ArgumentParser, map_sigma: float) -> None:
-    """The flags of a command that loads a trained checkpoint: ``--ckpt``, its backbone, how maps are made."""
-    parser.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint .safetensors, or a run folder (its last.safetensors)")
+#: What ``--method`` offers: FE-CLIP (a trained checkpoint) and the baselines the library has.
+METHODS = ("feclip", "clip", "winclip", "winclip+")
+
+
+def add_checkpoint_input(parser: argparse.ArgumentParser, map_sigma: float, *, methods: bool = False,
+                         onnx: bool = False) -> None:
+    """The flags of a command that scores images with a detector: which one, its backbone, how maps are made.
+
+    Args:
+        parser: The subcommand's parser.
+        map_sigma: The default ``--map-sigma``.
+        methods: Offer ``--method`` (the baselines, built from a backbone) besides FE-CLIP's ``--ckpt``.
+        onnx: Offer ``--onnx`` (an exported FE-CLIP run by onnxruntime).
+    """
+    if methods:
+        parser.add_argument("--method", choices=METHODS, default="feclip",
+                            help="feclip: a trained checkpoint (--ckpt or --onnx); clip, winclip: the zero-shot "
+                                 "baselines on a backbone (--backbone, --pretrained); winclip+: WinCLIP with normal "
+                                 "reference images (default: feclip)")
+    parser.add_argument("--ckpt", required=not methods, metavar="CKPT",
+                        help="checkpoint .safetensors, or a run folder (its last.safetensors)")
+    if onnx:
+        parser.add_argument("--onnx", type=Path, metavar="FILE",
+                            help="an FE-CLIP exported by feclip export, run by onnxruntime without torch's model "
+                                 "code (instead of --ckpt)")
+    if methods:
+        parser.add_argument("--backbone", metavar="NAME",
+                            help="open_clip model of a baseline (default: the method's own, ViT-L-14-336 for clip, "
+                                 "ViT-B-16-plus-240 for winclip)")
+        parser.add_argument("--class-name", default="object", metavar="NAME",
+                            help="object name in WinCLIP's prompts (default: object)")
     parser.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE",
-                        help="load the backbone's weights from here instead of the checkpoint's tag (e.g. a local .bin)")
+                        help="the backbone's weights: instead of the checkpoint's tag (e.g. a local .bin), or a "
+                             "baseline's tag or file ('none': random weights)")
     add_quick_gelu(parser)
     parser.add_argument("--resize-mode", choices=RESIZE_MODES,
                         help="how images are fitted to the input size (default: the one the checkpoint was trained with)")
@@ -160,6 +195,113 @@ def add_checkpoint_input(parser: argparse.ArgumentParser, map_sigma: float) -> N
                         help="the map: tap mean of the softmax probabilities or of the logit margins (default: the checkpoint's)")
     parser.add_argument("--map-sigma", type=float, default=map_sigma, metavar="S",
                         help=f"Gaussian smoothing of the maps in pixels, 0: off (default: {map_sigma:g})")
+
+
+@dataclass
+class LoadedDetector:
+    """A detector ready to score images, and what a command needs with it.
+
+    Attributes:
+        detector: ``detector(images (B, 3, H, W)) -> AnomalyPrediction``.
+        device: Where its images go.
+        transform: The :class:`feclip.data.AnomalyTransform` its images need.
+        value_range: The interval its maps lie in (the overlay's colour scale).
+        settings: What the output tables record about it (method, map score, resize mode, ...).
+        checkpoint: Its checkpoint's metadata (FE-CLIP from ``--ckpt``), else ``None``.
+    """
+
+    detector: Any
+    device: Any
+    transform: Any
+    value_range: tuple[float, float]
+    settings: dict[str, Any]
+    checkpoint: dict[str, Any] | None = None
+
+
+def check_detector_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that do not go together, before any work (each message names them)."""
+    method = getattr(args, "method", "feclip")
+    onnx = getattr(args, "onnx", None)
+    if method == "feclip":
+        if args.ckpt is None and onnx is None:
+            raise ValueError("--method feclip needs a trained checkpoint: --ckpt RUN_OR_FILE" + (" or --onnx FILE" if
+                                                                                                 hasattr(args, "onnx") else ""))
+        if args.ckpt is not None and onnx is not None:
+            raise ValueError("give --ckpt or --onnx, not both")
+        if getattr(args, "backbone", None) is not None:
+            raise ValueError("--backbone is for the baselines; --method feclip takes its backbone from the checkpoint")
+        if onnx is not None and (args.pretrained or args.quick_gelu is not None or args.map_score or args.resize_mode):
+            raise ValueError("--onnx runs the exported graph as it is: --pretrained, --quick-gelu, --map-score and "
+                             "--resize-mode were fixed by feclip export")
+    else:
+        if args.ckpt is not None or onnx is not None:
+            raise ValueError(f"--method {method} is built from a backbone (--backbone, --pretrained): it takes no "
+                             "--ckpt or --onnx")
+        if args.map_score is not None:
+            raise ValueError(f"--map-score applies to --method feclip only, not {method}")
+    require_non_negative(args, "map_sigma")
+
+
+def _baseline(args: argparse.Namespace, device: Any) -> Any:
+    """``--method clip | winclip | winclip+`` (the latter without its references yet) on its backbone."""
+    from feclip.baselines import ClipZeroShot, WinClip
+    from feclip.cli.choices import TINY_MODEL
+
+    cls = ClipZeroShot if args.method == "clip" else WinClip
+    if args.pretrained is not None:
+        pretrained: Any = parse_pretrained(args.pretrained)
+    elif args.backbone is None:
+        pretrained = ...  # the method's own default weights
+    else:
+        pretrained = None if args.backbone == TINY_MODEL else "openai"
+    options = {} if args.method == "clip" else {"class_name": args.class_name}
+    with pretrained_file_errors(args.pretrained, args.backbone or cls.default_backbone[0]):
+        try:
+            return cls.from_open_clip(args.backbone, pretrained, device=device, quick_gelu=args.quick_gelu, **options)
+        except TypeError as err:  # a backbone without a ViT image tower
+            raise ValueError(f"--backbone {args.backbone}: {err}") from err
+
+
+def load_detector(args: argparse.Namespace) -> LoadedDetector:
+    """The detector ``--method`` / ``--ckpt`` / ``--onnx`` name (:func:`check_detector_flags` first)."""
+    import torch
+
+    method = getattr(args, "method", "feclip")
+    if getattr(args, "onnx", None) is not None:  # onnxruntime alone: no torch model code is imported
+        from feclip.export import OnnxDetector
+
+        detector = OnnxDetector(args.onnx)
+        config = detector.config
+        settings = {"method": "feclip (onnx)", "map_score": config.get("map_score"),
+                    "resize_mode": detector.transform.resize_mode}
+        return LoadedDetector(detector, torch.device("cpu"), detector.transform, detector.anomaly_map_range, settings)
+    from feclip.data import transforms_for_clip
+    from feclip.train import resolve_device
+
+    if method == "feclip":
+        from feclip.checkpoint import checkpoint_paths, read_metadata
+
+        model, device = load_checkpoint_model(args)
+        settings = {"method": "feclip", "map_score": model.config.map_score, "resize_mode": model.config.resize_mode}
+        return LoadedDetector(model, device, transforms_for_clip(model.clip, resize_mode=model.config.resize_mode),
+                              model.anomaly_map_range, settings, read_metadata(checkpoint_paths(args.ckpt)[0]))
+    device = resolve_device(args.device or "auto")
+    detector = _baseline(args, device)
+    resize_mode = args.resize_mode or "squash"
+    settings = {"method": method, "backbone": args.backbone or type(detector).default_backbone[0],
+                "map_score": "probability", "resize_mode": resize_mode}
+    return LoadedDetector(detector, device, transforms_for_clip(detector.clip, resize_mode=resize_mode), (0.0, 1.0),
+                          settings)
+
+
+def winclip_plus(loaded: LoadedDetector, references: Any) -> LoadedDetector:
+    """WinCLIP+ from a loaded WinCLIP and normal reference images ``(K, 3, H, W)``, normalised."""
+    import dataclasses as dc
+
+    from feclip.baselines import WinClipFewShot
+
+    detector = WinClipFewShot(loaded.detector, references.to(loaded.device))
+    return dc.replace(loaded, detector=detector, settings={**loaded.settings, "shots": int(references.shape[0])})
 
 
 def load_checkpoint_model(args: argparse.Namespace) -> tuple[Any, Any]:
