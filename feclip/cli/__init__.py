@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from feclip import __version__
-from feclip.cli.common import error_line, formatter, user_errors
+from feclip.cli.common import check_common_flags, error_line, formatter, user_errors
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command, all_commands=False).parse_args(argv)
     debug = args.debug or os.environ.get("FECLIP_DEBUG", "0") not in ("", "0")
     try:
+        check_common_flags(args.command, args)
         return _module(args.command).run(args)
     except KeyboardInterrupt:
         if debug:

@@ -20,6 +20,7 @@ __all__ = [
     "add_checkpoint_input",
     "add_quick_gelu",
     "add_runtime",
+    "check_common_flags",
     "check_detector_flags",
     "check_output_folder",
     "error_line",
@@ -91,20 +92,44 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _values(args: argparse.Namespace, name: str) -> list[Any]:
+    value = getattr(args, name, None)
+    return [] if value is None or isinstance(value, bool) else list(value) if isinstance(value, list) else [value]
+
+
 def require_positive(args: argparse.Namespace, *names: str) -> None:
     """Refuse a given value of the flags ``names`` (attribute names) that is not positive, naming the flag."""
     for name in names:
-        value = getattr(args, name, None)
-        if value is not None and not value > 0:
-            raise ValueError(f"{_flag(name)} must be positive, got {value}")
+        for value in _values(args, name):
+            if not value > 0:  # NaN too
+                raise ValueError(f"{_flag(name)} must be positive, got {value}")
 
 
 def require_non_negative(args: argparse.Namespace, *names: str) -> None:
     """Refuse a given value of the flags ``names`` that is negative, naming the flag."""
     for name in names:
-        value = getattr(args, name, None)
-        if value is not None and not value >= 0:
-            raise ValueError(f"{_flag(name)} must be zero or more, got {value}")
+        for value in _values(args, name):
+            if not value >= 0:
+                raise ValueError(f"{_flag(name)} must be zero or more, got {value}")
+
+
+# Sizes and counts any subcommand may take, checked for every one before it runs (attribute names).
+_POSITIVE_FLAGS = ("epochs", "batch_size", "pixel_size", "image_size", "steps", "images_per_category", "shots",
+                   "save_every", "windows_per_image", "threads", "ffe_window", "lfs_window", "opset", "timeout")
+_NON_NEGATIVE_FLAGS = ("num_workers", "n_train_good", "n_test_good", "n_defect", "warmup", "map_sigma", "map_sigmas",
+                       "weight_decay", "smoke_categories")
+# The options naming an output FOLDER, per subcommand: a file there is refused before any work.
+_OUTPUT_FOLDERS = {"synth": ("out",), "train": ("out",), "eval": ("out",), "predict": ("out",),
+                   "download": ("root",), "reproduce": ("out", "results_root")}
+
+
+def check_common_flags(command: str, args: argparse.Namespace) -> None:
+    """What every subcommand's flags must be, whoever wrote the subcommand: positive sizes, output folders."""
+    require_positive(args, *_POSITIVE_FLAGS)
+    require_non_negative(args, *_NON_NEGATIVE_FLAGS)
+    for name in _OUTPUT_FOLDERS.get(command, ()):
+        if getattr(args, name, None) is not None:
+            check_output_folder(Path(getattr(args, name)).expanduser(), _flag(name))
 
 
 @contextlib.contextmanager

@@ -398,8 +398,14 @@ def _train_locked(args: argparse.Namespace) -> int:
             print(f"training {model.config.backbone} ({model.config.pretrained or 'random init'}) taps "
                   f"{model.tap_indices} on {train_spec} ({len(data.train)} images{validation}) for "
                   f"{config.epochs} epoch(s) -> {out}")
-        history = train(model, data.train, config, out_dir=out, val_dataset=data.val, resume=state,
-                        progress=not args.quiet, run_info=data.run_info)
+        try:
+            history = train(model, data.train, config, out_dir=out, val_dataset=data.val, resume=state,
+                            progress=not args.quiet, run_info=data.run_info)
+        except BaseException:
+            unfinished = not [name for name in run_files_in(out) if name != RECORD_FILE]
+            if distributed.is_main and (args.overwrite or not existing) and unfinished:
+                (out / RECORD_FILE).unlink(missing_ok=True)  # a new run that never finished an epoch leaves nothing
+            raise
     finally:
         distributed.close()
     if distributed.is_main and len(history):
