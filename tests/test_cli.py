@@ -232,8 +232,9 @@ def test_smoke_default_trains_on_the_synthetic_benchmark(tmp_path: Path, monkeyp
     monkeypatch.setattr(feclip.profiles, "SMOKE", smoke)
     generate = feclip.data.generate_benchmark
     monkeypatch.setattr(feclip.data, "generate_benchmark",
-                        lambda root: generate(root, image_size=64, n_train_good=0, n_test_good=2, n_test_defect_per_type=1,
-                                              families=("objects", "textures")))
+                        lambda root, families: generate(root, image_size=64, n_train_good=0, n_test_good=2,
+                                                        n_test_defect_per_type=1, families=families))
+    monkeypatch.setattr(feclip.data, "FAMILIES", {f: feclip.data.FAMILIES[f] for f in ("objects", "textures")})
     assert main(["train", "--out", str(tmp_path / "demo"), "--epochs", "1", "--num-workers", "0", "--quiet"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and err[1] == f"feclip: generating the synthetic benchmark under {smoke.data_root}"

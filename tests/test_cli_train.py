@@ -239,3 +239,24 @@ def test_bad_sizes_and_a_file_as_out_are_refused_before_any_work(synth: Path, tm
         assert not (tmp_path / "r").exists()
     line = one_error_line(capsys, main(train_argv(synth, a_file)))
     assert f"--out {a_file} is a file, not a folder" in line and a_file.read_text() == "x"
+
+
+def test_data_preparation_and_validation_show_progress(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The default run (the smoke profile on a CPU): no long silent stretch while data is made or a model validated."""
+    import dataclasses
+
+    import feclip.data
+    import feclip.profiles
+
+    smoke = dataclasses.replace(feclip.profiles.SMOKE, data_root=tmp_path / "data")
+    monkeypatch.setattr(feclip.profiles, "SMOKE", smoke)
+    generate = feclip.data.generate_benchmark
+    monkeypatch.setattr(feclip.data, "generate_benchmark",
+                        lambda root, families: generate(root, image_size=64, n_train_good=0, n_test_good=2,
+                                                        n_test_defect_per_type=1, families=families))
+    assert main(["train", "--out", str(tmp_path / "demo"), "--epochs", "1", "--num-workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "synthetic benchmark: 100%" in err and "3/3" in err  # objects, textures and assemblies
+    assert "epoch 1/1" in err and "evaluate: 100%" in err  # the validation on the held-out quarter
+    assert main(["train", "--out", str(tmp_path / "quiet"), "--epochs", "1", "--num-workers", "0", "--quiet"]) == 0
+    assert "%|" not in capsys.readouterr().err

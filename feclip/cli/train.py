@@ -156,13 +156,19 @@ def parse_taps(value: str) -> list[int] | str:
                          f"got {value!r}") from None
 
 
-def _demo_data(root: Path) -> Path:
+def _demo_data(root: Path, progress: bool) -> Path:
+    """The synthetic benchmark under ``root``: the families missing there are generated, with a progress bar."""
+    from tqdm.auto import tqdm
+
     from feclip import data
 
-    if not (root / "objects").is_dir() or not (root / "textures").is_dir():
+    missing = [family for family in data.FAMILIES if not (root / family).is_dir() or not any((root / family).iterdir())]
+    if {"objects", "textures"} & set(missing):
         if is_main_process():
             say(f"generating the synthetic benchmark under {root}")
-            data.generate_benchmark(root)
+        for family in tqdm(missing, desc="synthetic benchmark", unit="family", disable=not (progress and is_main_process())):
+            if is_main_process():
+                data.generate_benchmark(root, families=(family,))
     return root
 
 
@@ -357,7 +363,7 @@ def _train_locked(args: argparse.Namespace) -> int:
     distributed = DistributedContext.setup(config.device)
     try:
         if demo:
-            _demo_data(profile.data_root)
+            _demo_data(profile.data_root, progress=not args.quiet)
             distributed.barrier()
             train_spec = profile.spec(profile.train_dataset)
             target_spec = target_spec or profile.spec(profile.eval_dataset)

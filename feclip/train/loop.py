@@ -257,7 +257,7 @@ def _train(run: _Run, out_dir: Path, val_dataset: Dataset | None, progress: bool
         _check_weights(run, epoch)
         if validation_due(config, epoch + 1, val_dataset is not None):
             row.update(distributed.from_main(
-                validate(run.model, val_dataset, config, run.device, run.amp) if distributed.is_main else None))
+                validate(run.model, val_dataset, config, run.device, run.amp, show) if distributed.is_main else None))
         score = validation_score(row, config)
         improved = not math.isnan(score) and score > state.best
         state.epoch, state.best = epoch + 1, score if improved else state.best

@@ -21,17 +21,19 @@ def validation_due(config: TrainConfig, epoch: int, has_validation_set: bool) ->
 
 
 def validate(
-    model: Any, dataset: Dataset, config: TrainConfig, device: torch.device, amp: torch.dtype | None
+    model: Any, dataset: Dataset, config: TrainConfig, device: torch.device, amp: torch.dtype | None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """``val_<metric>`` for every macro metric of :func:`feclip.evaluate.evaluate`, and the map smoothing used.
 
-    The model is left in training mode.
+    The model is left in training mode; ``progress`` shows evaluate's progress bar (a validation on a CPU
+    takes a good part of an epoch).
     """
     from feclip.evaluate import evaluate
 
     with autocast(device, amp):
         table = evaluate(model, dataset, batch_size=config.val_batch_size or config.batch_size,
-                         num_workers=config.num_workers, device=device, progress=False)
+                         num_workers=config.num_workers, device=device, progress=progress)
     model.train()
     # The macro metrics, and the map smoothing they were measured with (evaluate's default).
     columns = [c for c in table.columns if c in METRIC_COLUMNS or c == "map_sigma"]
