@@ -85,6 +85,15 @@ def test_every_imported_package_is_declared() -> None:
     assert not undeclared, f"imported but not in pyproject.toml (and environment.yml): {undeclared}"
 
 
+def test_the_library_imports_only_its_own_dependencies() -> None:
+    """feclip/ needs nothing of the book extra (seaborn, ipywidgets live there for the notebooks only)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    allowed = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["export"]}
+    imported = _third_party_imports(sorted((ROOT / "feclip").rglob("*.py")))
+    extra = {name: where for name, where in imported.items() if name not in allowed and name not in _PROVIDED}
+    assert not extra, f"the library imports packages that are not its dependencies: {extra}"
+
+
 def test_python_3_10_is_really_supported() -> None:
     """requires-python says 3.10: every source file must parse with 3.10's grammar, and tomllib (3.11) has a fallback."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
