@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import shutil
@@ -317,15 +318,33 @@ def test_help_reads_well(capsys) -> None:
 # --- the command line's structure ------------------------------------------------------------------------
 
 
-def test_help_imports_no_torch() -> None:
-    """``feclip --help`` and every subcommand's own ``--help`` answer without importing torch (seconds to load)."""
+# Subcommands whose arguments are defined in modules that import torch (feclip.data.download,
+# feclip.reproduce.command, feclip.toy_clip.pretrain): their --help takes seconds. Known, and tested as such below.
+_HELP_IMPORTS_TORCH = ("download", "reproduce", "pretrain-toy-clip")
+
+
+def _modules_after_help(argvs: list[list[str]]) -> list[str]:
     code = ("import sys\nfrom feclip.cli import main\nfor argv in {argvs!r}:\n    try:\n        main(argv)\n"
             "    except SystemExit as exit:\n        assert exit.code == 0, argv\n"
             "print(sorted(name for name in ('torch', 'open_clip', 'numpy', 'pandas') if name in sys.modules))")
-    argvs = [["--help"], *[[command, "--help"] for command in ("synth", "train", "eval", "predict")]]
     result = subprocess.run([sys.executable, "-c", code.format(argvs=argvs)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    return ast.literal_eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_no_torch() -> None:
+    """``feclip --help`` and every subcommand's own ``--help`` answer without importing torch (seconds to load)."""
+    from feclip.cli import COMMANDS
+
+    quick = [command for command in COMMANDS if command not in _HELP_IMPORTS_TORCH]
+    assert {"synth", "train", "eval", "predict", "export"} <= set(quick)
+    assert _modules_after_help([["--help"], *[[command, "--help"] for command in quick]]) == []
+
+
+@pytest.mark.xfail(strict=True, reason="these subcommands' arguments live in modules that import torch")
+@pytest.mark.parametrize("command", _HELP_IMPORTS_TORCH)
+def test_help_of_the_other_subcommands_imports_no_torch(command: str) -> None:
+    assert _modules_after_help([[command, "--help"]]) == []
 
 
 def test_the_offered_values_are_the_librarys() -> None:
