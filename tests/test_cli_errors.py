@@ -44,6 +44,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (bomb / sub).mkdir(parents=True)
         shutil.copy(source, bomb / sub / "000.png")
     big.save(bomb / "good" / "huge.png")
+    masked = root / "masked"  # an anomalous image whose mask has another size
+    for sub in ("good", "abnormal", "masks"):
+        (masked / sub).mkdir(parents=True)
+    shutil.copy(weave / "good" / "000.png", masked / "good" / "000.png")
+    shutil.copy(weave / "hole" / "000.png", masked / "abnormal" / "000.png")
+    Image.fromarray(np.zeros((32, 48), dtype=np.uint8)).save(masked / "masks" / "000_mask.png")
     photos = root / "photos"
     photos.mkdir()
     shutil.copy(weave / "good" / "000.png", photos / "ok.png")
@@ -101,6 +107,9 @@ def _cases(s: Path) -> list[tuple[str, list[str], str]]:
                                      "--quiet"], bomb),
         ("eval bomb in a worker", ["eval", "--ckpt", ckpt, "--data", f"folder:{s / 'bomb'}", "--out", str(s / "e"),
                                    "--num-workers", "1", "--quiet"], bomb),
+        ("eval mask of another size", ["eval", "--ckpt", ckpt, "--data", f"folder:{s / 'masked'}", "--out", str(s / "e"),
+                                       "--quiet"], f"mask {s / 'masked' / 'masks' / '000_mask.png'} is 48x32 (width x "
+                                                   f"height) but its image {s / 'masked' / 'abnormal' / '000.png'} is 64x64"),
         ("eval baseline --pretrained", ["eval", "--method", "clip", "--backbone", "feclip-tiny", "--pretrained",
                                         str(s / "other.pt"), "--data", textures], f"--pretrained {s / 'other.pt'} is not"),
         # predict

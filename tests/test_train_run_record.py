@@ -19,6 +19,7 @@ from feclip.train.run_record import (
     data_fingerprint,
     read_run_record,
     run_differences,
+    run_identity,
 )
 
 
@@ -123,3 +124,15 @@ def test_read_run_record_names_the_file_and_the_problem(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ValueError, match=f"run record {path} is not text"):
         read_run_record(path)
+
+
+def test_run_identity_fingerprints_the_whole_training_data_set(tmp_path: Path) -> None:
+    samples = _data(tmp_path)
+    specs = {"train": f"folder:{tmp_path}", "val": None, "val_fraction": 0.5, "target": None}
+    held_out = run_identity({"backbone": "x"}, {"seed": 0}, specs, samples[:2], samples[2:], None)
+    assert held_out["data"] == {"train": data_fingerprint(samples, tmp_path), "val": None, "target": None}
+    assert (held_out["train"], held_out["model"], held_out["train_config"]) == (specs["train"], {"backbone": "x"}, {"seed": 0})
+    specs = {**specs, "val": f"folder:{tmp_path}", "val_fraction": None, "target": f"folder:{tmp_path}"}
+    other = run_identity({}, {}, specs, samples[:2], samples[2:], samples)
+    assert other["data"] == {"train": data_fingerprint(samples[:2], tmp_path), "val": data_fingerprint(samples[2:], tmp_path),
+                             "target": data_fingerprint(samples, tmp_path)}

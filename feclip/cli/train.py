@@ -264,20 +264,6 @@ def run(args: argparse.Namespace) -> int:
                 args.out.rmdir()  # refused before anything was written: leave no empty folder behind
 
 
-def _run_identity(model: Any, data: Any, config: Any, specs: dict[str, Any]) -> dict[str, Any]:
-    """What this command's run.json records: data specs (absolute) and fingerprints, model and training config."""
-    from feclip import __version__
-    from feclip.train.run_record import RECORD_FORMAT, data_fingerprint
-
-    roots = {name: spec.partition(":")[2] for name, spec in specs.items() if name != "val_fraction" and spec}
-    held_out = data.val.samples if specs["val_fraction"] else []  # the whole training data set: the split is seeded
-    fingerprints = {"train": data_fingerprint([*data.train.samples, *held_out], roots["train"]),
-                    "val": data_fingerprint(data.val.samples, roots["val"]) if specs["val"] else None,
-                    "target": data_fingerprint(data.target.samples, roots["target"]) if specs["target"] else None}
-    return {"format": RECORD_FORMAT, "feclip_version": __version__, **specs, "model": model.config.to_dict(),
-            "train_config": config.to_dict(), "data": fingerprints}
-
-
 def _listed(differences: list[str], most: int = 4) -> str:
     more = f"; {len(differences) - most} more" if len(differences) > most else ""
     return "; ".join(differences[:most]) + more
@@ -330,7 +316,7 @@ def _train_locked(args: argparse.Namespace) -> int:
     from feclip.recipes import build_model, training_data
     from feclip.run_folder import remove_run_files, run_files_in
     from feclip.train import DistributedContext, resolve_device, train
-    from feclip.train.run_record import RECORD_FILE, absolute_spec, read_run_record
+    from feclip.train.run_record import RECORD_FILE, absolute_spec, read_run_record, run_identity
     from feclip.train.run_state import read_state
 
     out = args.out
@@ -382,7 +368,9 @@ def _train_locked(args: argparse.Namespace) -> int:
                              seed=config.seed)
         specs = {"train": absolute_spec(train_spec), "val": absolute_spec(val_spec), "val_fraction": val_fraction,
                  "target": absolute_spec(target_spec)}
-        current = _run_identity(model, data, config, specs)
+        current = run_identity(model.config.to_dict(), config.to_dict(), specs, data.train.samples,
+                               data.val.samples if data.val is not None else None,
+                               data.target.samples if data.target is not None else None)
         changes = list((on_disk or {}).get("data_changes", []))
         if resuming:
             changes = _data_changes(args, record, current, state.parent if state else out)

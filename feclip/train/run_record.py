@@ -31,6 +31,7 @@ __all__ = [
     "data_fingerprint",
     "read_run_record",
     "run_differences",
+    "run_identity",
 ]
 
 RECORD_FILE = "run.json"
@@ -90,6 +91,29 @@ def data_fingerprint(samples: Sequence[Any] | None, root: str | Path) -> dict[st
                   for name in sorted(counts)}
     return {"images": sum(c["images"] for c in categories.values()),
             "bytes": sum(c["bytes"] for c in categories.values()), "categories": categories}
+
+
+def run_identity(model_config: dict[str, Any], train_config: dict[str, Any], specs: dict[str, Any],
+                 train: Sequence[Any], val: Sequence[Any] | None, target: Sequence[Any] | None) -> dict[str, Any]:
+    """The record of a run: its data specs (absolute paths) and fingerprints, its model and training configs.
+
+    Args:
+        model_config: The model's config as a dict.
+        train_config: The training config as a dict.
+        specs: ``train``, ``val``, ``target`` (``KIND:PATH`` or ``None``) and ``val_fraction``.
+        train: The training items (without a held-out part).
+        val: The validation items: held out of the training data set (``val_fraction``), or another data set.
+        target: The named target's items.
+    """
+    from feclip import __version__
+
+    roots = {name: specs[name].partition(":")[2] for name in ("train", "val", "target") if specs.get(name)}
+    held_out = list(val or []) if specs.get("val_fraction") else []  # the whole training data set: the split is seeded
+    data = {"train": data_fingerprint([*train, *held_out], roots["train"]),
+            "val": data_fingerprint(val, roots["val"]) if "val" in roots else None,
+            "target": data_fingerprint(target, roots["target"]) if "target" in roots else None}
+    return {"format": RECORD_FORMAT, "feclip_version": __version__, **specs, "model": model_config,
+            "train_config": train_config, "data": data}
 
 
 def _fingerprint_differences(name: str, recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> list[str]:
