@@ -96,7 +96,7 @@ def encode_captions(clip: nn.Module, tokens: Tensor) -> Tensor:
     Returns:
         Text embeddings ``(T, E)``, equal to ``clip.encode_text(tokens)``.
     """
-    length = int((tokens != 0).sum(dim=1).max()) - 1
+    length = int((tokens != 0).sum(dim=1).max())
     tokens = tokens[:, :length]
     x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
     x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))

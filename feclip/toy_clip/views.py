@@ -5,14 +5,15 @@ defect. A defective scene also enters the batch as its defect-free *twin* (the v
 :attr:`feclip.data.synthetic.SyntheticSample.clean`), captioned with the same noun and template
 in the normal state, so the pair differs in nothing but the state: the hardest negative there is,
 and the one that teaches "damaged" versus "normal". From each image the batch cuts a few
-*windows*: square groups of ``k x k`` patches of the ViT's token grid. A window view is encoded as WinCLIP encodes one (the CLS token plus the window's patch
-tokens only, :func:`feclip.vit.gather_window_tokens`), so the toy CLIP learns to tell, from a few
-patches, whether they show a defect: what WinCLIP asks of a CLIP, and what puts local evidence into
-the patch tokens that FE-CLIP's adapters read. Windows of defective images are centred on the
-defect half of the time, and a window on a defect is cut from the twin too. A window's caption
-says what the window shows: a window that misses the
-defect is captioned as normal; one that grazes it (fewer than :data:`MIN_DEFECT_PIXELS` defect
-pixels) is redrawn, so no caption is a guess.
+*windows*: square groups of ``k x k`` patches of the ViT's token grid. A window view is encoded
+as WinCLIP encodes one (the CLS token plus the window's patch tokens only,
+:func:`feclip.vit.gather_window_tokens`), so the toy CLIP learns to tell, from a few patches,
+whether they show a defect: what WinCLIP asks of a CLIP, and what puts local evidence into the
+patch tokens that FE-CLIP's adapters read. By default every window of a defective image is
+centred on its defect (:attr:`ViewMix.defect_window_fraction`) and is cut from the twin too; the
+windows of defect-free images fall anywhere. A window's caption says what the window shows: one
+that misses the defect is captioned as normal; one that grazes it (fewer than
+:data:`MIN_DEFECT_PIXELS` defect pixels) is redrawn, so no caption is a guess.
 
 Images are drawn from a random stream keyed by ``(seed, step)`` and disjoint from the one
 :func:`feclip.data.synthetic.generate_synthetic_dataset` writes files from (that one is keyed by
@@ -103,7 +104,9 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
     return np.random.default_rng([_STREAM, seed, step])
 
 
-def _window(mask: np.ndarray, size: int, grid: int, patch: int, on_defect: bool, rng: np.random.Generator) -> tuple[int, int]:
+def _window(mask: np.ndarray, size: int, grid: int, patch: int, on_defect: bool,
+            rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left ``(row, col)`` in patches of a ``size``-patch window, around a random defect pixel if ``on_defect``."""
     if on_defect and mask.any():
         y, x = np.argwhere(mask)[rng.integers(mask.sum())] // patch
         row, col = y - rng.integers(size), x - rng.integers(size)
@@ -156,7 +159,8 @@ def render_batch(
             on_defect = defect != "good" and rng.random() < mix.defect_window_fraction
             for _attempt in range(8):
                 row, col = _window(sample.mask, size, grid, patch_size, on_defect, rng)
-                seen = int(sample.mask[row * patch_size:(row + size) * patch_size, col * patch_size:(col + size) * patch_size].sum())
+                rows, cols = slice(row * patch_size, (row + size) * patch_size), slice(col * patch_size, (col + size) * patch_size)
+                seen = int(sample.mask[rows, cols].sum())
                 if seen == 0 or seen >= min_pixels:
                     break
             if 0 < seen < min_pixels:
