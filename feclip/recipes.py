@@ -26,13 +26,14 @@ from typing import Any
 import torch
 
 from feclip.backbones import create_clip
-from feclip.checkpoint import read_metadata
+from feclip.checkpoint import read_metadata, remove_stale_temporaries
 from feclip.config import FEClipConfig
 from feclip.data import AnomalyDataset, build_dataset, transforms_for_clip
 from feclip.dct import canonical_basis
 from feclip.model import FEClip
 from feclip.profiles import Profile, ensure_data
 from feclip.protocol import check_training_data, data_record
+from feclip.run_folder import RunLock
 from feclip.taps import TAP_SETS, tap_set
 from feclip.train import History, TrainConfig, train
 
@@ -41,6 +42,8 @@ _RUN_DEFINING = ("epochs", "batch_size", "lr", "fc_patch_lr", "w_cls", "w_mask",
                  "focal_gamma", "focal_alpha", "dice_smooth", "seed")
 # Model settings that change what training produces even when left at their defaults.
 _MODEL_RUN_DEFINING = ("fc_patch_init", "resize_mode")
+# How long load_or_train waits for another process training the same run folder (a second notebook kernel).
+_LOCK_WAIT_S = 24 * 3600.0
 # Model settings that only change how a trained model reports: applied to a loaded model, never compared.
 _INFERENCE_ONLY = ("map_score",)
 
@@ -229,6 +232,9 @@ def load_or_train(
 ) -> tuple[FEClip, History]:
     """A trained FE-CLIP for the profile: loaded if its run finished, resumed if cut off, else trained.
 
+    The run folder's lock (:class:`feclip.run_folder.RunLock`) is held meanwhile: a second process asking
+    for the same run waits for the first to finish, then loads what it trained.
+
     Args:
         profile: The run profile.
         run_dir: Run folder (default :func:`default_run_dir`); use one folder per configuration.
@@ -241,12 +247,14 @@ def load_or_train(
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(profile)
     config = train_config(profile, **(train_overrides or {}))
-    finished = _finished_run(profile, run_dir, config, model_overrides)
-    if finished is not None:
-        return finished
-    model = build_model(profile, **model_overrides)
-    ensure_data(profile)
-    data = training_data(model, profile.spec(profile.train_dataset), target_spec=profile.spec(profile.eval_dataset))
-    history = train(model, data.train, config, out_dir=run_dir, resume="auto", progress=progress,
-                    run_info=data.run_info)
+    with RunLock(run_dir).acquire(wait_s=_LOCK_WAIT_S):  # another kernel training this run: wait, then load it
+        remove_stale_temporaries(run_dir)  # what a killed kernel left half-written
+        finished = _finished_run(profile, run_dir, config, model_overrides)
+        if finished is not None:
+            return finished
+        model = build_model(profile, **model_overrides)
+        ensure_data(profile)
+        data = training_data(model, profile.spec(profile.train_dataset), target_spec=profile.spec(profile.eval_dataset))
+        history = train(model, data.train, config, out_dir=run_dir, resume="auto", progress=progress,
+                        run_info=data.run_info)
     return model.eval(), history

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class RunLock:
         self.path = self.directory / LOCK_FILE
         self.created = False
         self.held = False
+        self.waited = False
         self.stale: list[dict[str, Any]] = []
 
     def _holder(self) -> dict[str, Any] | None:
@@ -127,12 +129,28 @@ class RunLock:
             return "a process that is starting"
         return f"PID {holder.get('pid')} on {holder.get('host')}, since {holder.get('started', '?')}"
 
-    def acquire(self) -> RunLock:
+    def acquire(self, wait_s: float = 0.0) -> RunLock:
         """Take the lock, taking over a stale one.
 
+        Args:
+            wait_s: How long to wait for another live holder to let go (polling every second); 0: fail at once.
+
         Raises:
-            RunInUse: Another live process (or a process on another host) holds it.
+            RunInUse: Another live process (or a process on another host) holds it, for longer than ``wait_s``.
         """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._acquire_once()
+            except RunInUse as busy:
+                if time.monotonic() >= deadline:
+                    raise
+                if not self.waited:
+                    warnings.warn(f"{busy}: waiting for it", stacklevel=2)
+                self.waited = True
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _acquire_once(self) -> RunLock:
         if not self.directory.exists():
             self.directory.mkdir(parents=True)
             self.created = True
@@ -174,7 +192,7 @@ class RunLock:
             self.held = False
 
     def __enter__(self) -> RunLock:
-        return self.acquire()
+        return self if self.held else self.acquire()  # ``with RunLock(d).acquire(wait_s=...)`` takes it once
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()

@@ -111,3 +111,26 @@ def test_a_finished_run_is_found_whatever_the_spelling_of_its_settings(profile, 
         load_or_train(profile, run_dir, tap_indices="last4", basis="hartley")
     with pytest.raises(ValueError, match="unknown tap set 'spread_9'"):
         build_model(profile, tap_indices="spread_9")
+
+
+def test_a_second_process_on_the_same_run_waits_for_it(profile, tmp_path: Path) -> None:
+    """Another kernel holds the run folder (it is training): load_or_train waits, then does its work; no mixed files."""
+    import subprocess
+    import sys
+    import threading
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".last.state.pt.k9x2m4q1.tmp").write_bytes(b"half a state: a kernel was killed mid-save")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom feclip.run_folder import RunLock\n"
+                               "with RunLock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()",
+                               str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    threading.Timer(2.0, holder.stdin.close).start()  # the other kernel finishes two seconds later
+    try:
+        with pytest.warns(UserWarning, match=f"PID {holder.pid} .*: waiting for it"):
+            _, history = load_or_train(profile, run_dir)
+    finally:
+        holder.wait(timeout=60)
+    assert len(history) == 1 and (run_dir / "last.safetensors").is_file()
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".") or p.name == "run.lock") == []

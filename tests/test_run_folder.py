@@ -17,16 +17,17 @@ from feclip.run_folder import LOCK_FILE, RUN_FILES, RunInUse, RunLock, pid_alive
 
 # A second process that takes the lock of the folder in argv[1], says so, and holds it until stdin closes.
 _HOLDER = """
-import sys
+import sys, time
 from feclip.run_folder import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
+    time.sleep(float(sys.argv[2]))  # still working a while after it was told to finish
 """
 
 
-def _holder(folder: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdin=subprocess.PIPE,
+def _holder(folder: Path, linger_s: float = 0.0) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), str(linger_s)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     return process
@@ -108,3 +109,22 @@ def test_a_new_folder_is_created_and_run_files_are_the_runs_only(tmp_path: Path)
     assert run_files_in(tmp_path) == list(RUN_FILES)
     assert remove_run_files(tmp_path) == list(RUN_FILES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "eval_synth_textures", "notes.txt"]
+
+
+def test_a_holder_that_finishes_is_waited_for(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    process = _holder(folder, linger_s=2.0)
+    started = time.perf_counter()
+    try:
+        with pytest.warns(UserWarning, match="waiting for it"), pytest.raises(RunInUse):
+            RunLock(folder).acquire(wait_s=1.5)  # still held after the wait
+        assert time.perf_counter() - started >= 1.5
+        process.stdin.close()  # the holder finishes...
+        with pytest.warns(UserWarning, match=f"in use by another feclip run \\(PID {process.pid} .*: waiting for it"):
+            with RunLock(folder).acquire(wait_s=60) as lock:  # ... and the waiting process goes ahead
+                assert lock.held and json.loads((folder / LOCK_FILE).read_text())["pid"] == os.getpid()
+    finally:
+        if not process.stdin.closed:
+            process.stdin.close()
+        process.wait(timeout=60)
+    assert not (folder / LOCK_FILE).exists()
