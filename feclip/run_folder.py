@@ -143,7 +143,7 @@ class RunLock:
             try:
                 return self._acquire_once()
             except RunInUse as busy:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self.path.resolve() in _HELD:  # held by us: waiting would deadlock
                     raise
                 if not self.waited:
                     warnings.warn(f"{busy}: waiting for it", stacklevel=2)

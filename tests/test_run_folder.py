@@ -72,8 +72,10 @@ def test_the_lock_of_a_killed_process_is_stale_and_taken_over(tmp_path: Path) ->
 
 def test_this_process_holding_the_lock_is_not_stale(tmp_path: Path) -> None:
     with RunLock(tmp_path):
+        started = time.perf_counter()
         with pytest.raises(RunInUse, match=f"PID {os.getpid()}"):
-            RunLock(tmp_path).acquire()
+            RunLock(tmp_path).acquire(wait_s=60)  # no waiting for ourselves
+        assert time.perf_counter() - started < 1.0
     # Our own PID in a lock we do not hold: a dead process's, whose PID we were given again (a container).
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     with RunLock(tmp_path) as lock:
