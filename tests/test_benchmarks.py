@@ -30,7 +30,7 @@ def _load(name: str) -> ModuleType:
 
 overhead = _load("overhead")  # puts benchmarks/ on sys.path, where the scripts find their helpers
 import common  # noqa: E402  (the same module object the scripts use)
-import flops as flop_count  # noqa: E402
+flop_count = _load("flops")  # the FLOP counts (benchmarks/flops.py)
 
 adapters_bench = _load("adapters")
 train_step = _load("train_step")
