@@ -16,33 +16,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from feclip.data.base import (
-    IMAGE_EXTENSIONS,
-    UNKNOWN_LABEL,
-    AnomalyDataset,
-    AnomalyItem,
-    EmptyMaskWarning,
-    ImageReadError,
-    MaskSizeError,
-    Sample,
-    load_mask,
-    load_rgb,
-)
-from feclip.data.folder import FolderDataset
-from feclip.data.mvtec import MVTEC_CATEGORIES, MVTecAD
-from feclip.data.synthetic import (
-    DEFECT_TYPES,
-    FAMILIES,
-    OBJECT_CATEGORIES,
-    TEXTURE_CATEGORIES,
-    SyntheticDataset,
-    generate_benchmark,
-    generate_synthetic_dataset,
-    render_sample,
-)
-from feclip.data.transforms import AnomalyTransform, to_display, transforms_for_clip, unnormalize
-from feclip.data.visa import VISA_CATEGORIES, VisA
+from feclip._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
+    from feclip.data.base import AnomalyDataset
+    from feclip.data.folder import FolderDataset
+
+# The readers import torch; the spec parser, the data-set registry and `feclip download` do not
+# need it, so the names below are imported on first use (PEP 562) and `feclip download --help`
+# stays fast.
+_LAZY = {
+    "feclip.data.base": ("IMAGE_EXTENSIONS", "UNKNOWN_LABEL", "AnomalyDataset", "AnomalyItem", "EmptyMaskWarning",
+                         "ImageReadError", "MaskSizeError", "Sample", "load_mask", "load_rgb"),
+    "feclip.data.folder": ("FolderDataset",),
+    "feclip.data.mvtec": ("MVTEC_CATEGORIES", "MVTecAD"),
+    "feclip.data.synthetic": ("DEFECT_TYPES", "FAMILIES", "OBJECT_CATEGORIES", "TEXTURE_CATEGORIES",
+                              "SyntheticDataset", "generate_benchmark", "generate_synthetic_dataset", "render_sample"),
+    "feclip.data.transforms": ("AnomalyTransform", "to_display", "transforms_for_clip", "unnormalize"),
+    "feclip.data.visa": ("VISA_CATEGORIES", "VisA"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
 
 __all__ = [
     "DATASET_KINDS", "DEFECT_TYPES", "FAMILIES", "IMAGE_EXTENSIONS", "MVTEC_CATEGORIES",
@@ -78,6 +74,8 @@ def parse_spec(spec: str) -> tuple[str, Path]:
 
 def _folder_dataset(path: Path, **kwargs) -> FolderDataset:
     """``folder:PATH``: ``good/`` or ``normal/``, ``abnormal/``, ``masks/``; else PATH is unlabelled images."""
+    from feclip.data.folder import FolderDataset
+
     normal = next((path / name for name in ("good", "normal") if (path / name).is_dir()), None)
     abnormal = path / "abnormal" if (path / "abnormal").is_dir() else None
     masks = path / "masks" if (path / "masks").is_dir() and abnormal is not None else None
@@ -114,6 +112,10 @@ def build_dataset(
     Returns:
         The dataset.
     """
+    from feclip.data.mvtec import MVTecAD
+    from feclip.data.synthetic import FAMILIES, SyntheticDataset
+    from feclip.data.visa import VisA
+
     kind, path = parse_spec(spec)
     raw_path = spec.partition(":")[2]
     if not raw_path or not path.exists():

@@ -36,11 +36,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from feclip.data.base import list_images
-
 __all__ = [
     "DataSource",
     "LayoutError",
@@ -54,6 +49,14 @@ __all__ = [
     "prepare_polyp",
     "prepare_visa",
 ]
+
+
+def _list_images(directory: Path) -> list[Path]:
+    """The reader's own image listing (:func:`feclip.data.base.list_images`), imported when first needed."""
+    from feclip.data.base import list_images as list_reader_images  # the readers import torch
+
+    return list_reader_images(directory)
+
 
 CC_BY_NC_SA = "CC BY-NC-SA 4.0 (https://creativecommons.org/licenses/by-nc-sa/4.0/), non-commercial use only"
 IGNORED_DIRS = ("__MACOSX",)  # macOS zip metadata, never data
@@ -103,6 +106,9 @@ def binarize_mask(source: Path, destination: Path) -> None:
     non-zero pixel as anomalous, so values above half the peak are kept. Masks stored as 0/1
     (peak 1) keep every non-zero pixel.
     """
+    import numpy as np  # imported here so that `feclip download --help` loads no array library
+    from PIL import Image
+
     values = np.asarray(Image.open(source))
     if values.ndim == 3:
         values = values[..., :3].max(axis=-1)
@@ -149,7 +155,7 @@ def prepare_dagm(extracted: Path, destination: Path) -> None:
             if phase_dir is None:
                 continue
             label_dir = _child(phase_dir, "Label")
-            for image in list_images(phase_dir):
+            for image in _list_images(phase_dir):
                 label = next(label_dir.glob(f"{image.stem}_label.*"), None) if label_dir else None
                 if label is None:
                     _move_into([image], destination / class_dir.name / split / "good")
@@ -168,8 +174,8 @@ def prepare_image_folders(extracted: Path, destination: Path) -> None:
     """
     pair = _find_dir(extracted, lambda d: _child(d, "yes") is not None and _child(d, "no") is not None,
                      "pair of yes/ and no/ folders")
-    _move_into(list_images(_child(pair, "no")), destination / "good")
-    _move_into(list_images(_child(pair, "yes")), destination / "abnormal")
+    _move_into(_list_images(_child(pair, "no")), destination / "good")
+    _move_into(_list_images(_child(pair, "yes")), destination / "abnormal")
     check_layout(destination, "folder")
 
 
@@ -192,8 +198,8 @@ def prepare_polyp(folder_names: tuple[str, ...]) -> Callable[[Path, Path], None]
             raise LayoutError(f"no images/ + masks/ folder named one of {sorted(folder_names)} in {extracted} "
                               f"(pairs found: {found})")
         pair = (named or pairs)[0]
-        masks = {m.stem: m for m in list_images(_child(pair, "masks"))}
-        images = list_images(_child(pair, "images"))
+        masks = {m.stem: m for m in _list_images(_child(pair, "masks"))}
+        images = _list_images(_child(pair, "images"))
         for image in images:
             if image.stem not in masks:
                 raise LayoutError(f"no mask for {image} in {_child(pair, 'masks')}")
@@ -219,7 +225,7 @@ def check_layout(folder: Path, reader: str) -> None:
     elif reader == "visa":
         ok, expected = (folder / "split_csv" / "1cls.csv").is_file(), "split_csv/1cls.csv"
     elif reader == "folder":
-        ok = any((folder / name).is_dir() and list_images(folder / name) for name in ("good", "abnormal"))
+        ok = any((folder / name).is_dir() and _list_images(folder / name) for name in ("good", "abnormal"))
         expected = "good/ or abnormal/ with images"
     else:
         raise ValueError(f"unknown reader kind {reader!r}")

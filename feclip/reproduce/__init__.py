@@ -14,11 +14,18 @@ as Markdown and CSV.
 * :mod:`~feclip.reproduce.command`: the command line (``add_reproduce_arguments``, ``run_reproduce``).
 """
 
-from feclip.reproduce.command import add_reproduce_arguments, run_reproduce
-from feclip.reproduce.plan import DEFAULT_MAP_SIGMAS, DEFAULT_SEEDS, SMOKE_LABEL, Plan, Run
-from feclip.reproduce.reported import PAPER, REFERENCE, ReportedResult, reported_results
-from feclip.reproduce.runner import Reproduction, evaluate_at_sigmas, read_evaluation, reproduce
-from feclip.reproduce.smoke import SmokeSizes, write_smoke_data
+from feclip._lazy import lazy_exports
+
+# Imported on first use (PEP 562): `feclip reproduce --help` reads only the light command module.
+_LAZY = {
+    "feclip.reproduce.command": ("add_reproduce_arguments", "run_reproduce"),
+    "feclip.reproduce.plan": ("DEFAULT_MAP_SIGMAS", "DEFAULT_SEEDS", "SMOKE_LABEL", "Plan", "Run"),
+    "feclip.reproduce.reported": ("PAPER", "REFERENCE", "ReportedResult", "reported_results"),
+    "feclip.reproduce.runner": ("Reproduction", "evaluate_at_sigmas", "read_evaluation", "reproduce"),
+    "feclip.reproduce.smoke": ("SmokeSizes", "write_smoke_data"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
 
 __all__ = [
     "DEFAULT_MAP_SIGMAS", "DEFAULT_SEEDS", "PAPER", "REFERENCE", "SMOKE_LABEL", "Plan", "ReportedResult", "Reproduction",

@@ -9,11 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from feclip.data.sources import SOURCES
-from feclip.profiles import resolve_profile
-from feclip.reproduce.plan import DEFAULT_MAP_SIGMAS, DEFAULT_SEEDS
+from feclip.reproduce.defaults import DEFAULT_MAP_SIGMAS, DEFAULT_SEEDS
 
 __all__ = ["add_reproduce_arguments", "run_reproduce"]
 
@@ -47,6 +44,9 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     """Run ``feclip reproduce`` from arguments added by :func:`add_reproduce_arguments`; returns the exit status."""
+    import torch
+
+    from feclip.profiles import resolve_profile
     from feclip.reproduce.runner import reproduce
     from feclip.reproduce.smoke import SmokeSizes
 

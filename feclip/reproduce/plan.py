@@ -31,6 +31,7 @@ from feclip.checkpoint import atomic_write
 from feclip.data.sources import SOURCES, check_layout, get_source
 from feclip.config import FEClipConfig
 from feclip.profiles import Profile
+from feclip.reproduce.defaults import DEFAULT_MAP_SIGMAS, DEFAULT_SEEDS
 
 __all__ = [
     "DEFAULT_MAP_SIGMAS",
@@ -50,8 +51,6 @@ __all__ = [
     "write_manifest",
 ]
 
-DEFAULT_SEEDS = (0, 1, 2, 3, 4)  # the paper averages five runs (Sec. 4.2) and does not name its seeds
-DEFAULT_MAP_SIGMAS = (0.0, 4.0)  # no smoothing (the reference implementation's benchmark); the field's sigma 4
 MANIFEST = "reproduction.json"
 SMOKE_LABEL = ("SMOKE RUN: synthetic stand-in data sets and a randomly initialised tiny backbone on the CPU. "
                "These numbers show that the pipeline runs; they are not comparable with the paper's.")
