@@ -69,11 +69,13 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
     ADAPTERS=(--batch 2 --grid 12 --width 64 --rounds 2 --warmup 0 --q-sweep 3 5 --conv-variants)
     TRAIN=(--backbones feclip-tiny --batch 2 --rounds 1 --warmup 0)
     PREFIX=(--backbones feclip-tiny --images 4 --batch 2 --epochs 2 --rounds 1)
+    EPOCH=(--backbone feclip-tiny --images 8 --size 150 100 --batch-size 4)
 else
     OVERHEAD=(--batch-sizes 1 8 --rounds 30 --warmup 3)
     ADAPTERS=(--rounds 5 --warmup 1 --min-run-time 0.02)
     TRAIN=(--rounds 10 --warmup 2)
     PREFIX=(--backbones ViT-L-14-336 --images 32 --batch 16 --epochs 3 --rounds 1)
+    EPOCH=()  # the full recipe's epoch: VisA's 2162 test images at 1500 x 1000, batch 16, amp auto
 fi
 run_step overhead-fp32 80 "$PYTHON" benchmarks/overhead.py --device "$DEVICE" "${OVERHEAD[@]}" --try-channels-last \
     --json "$OUT/overhead_fp32.json" --markdown "$WORK/overhead_fp32.md"
@@ -89,13 +91,15 @@ run_step train-step 80 "$PYTHON" benchmarks/train_step.py --device "$DEVICE" "${
     --json "$OUT/train_step.json" --markdown "$WORK/train_step.md"
 run_step prefix-cache 60 "$PYTHON" benchmarks/prefix_cache.py --device "$DEVICE" "${PREFIX[@]}" \
     --json "$OUT/prefix_cache.json" --markdown "$WORK/prefix_cache.md"
+run_step full-epoch 120 "$PYTHON" benchmarks/full_epoch.py --device "$DEVICE" "${EPOCH[@]}" --quiet \
+    --json "$OUT/full_epoch.json" --markdown "$WORK/full_epoch.md"
 
 {
     echo "# GPU benchmark results"
     echo
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); total ${SECONDS}s; $(head -n 2 "$LOG" | tail -n 1)"
     echo
-    for part in overhead_fp32 overhead_compile overhead_bf16 adapters train_step prefix_cache; do
+    for part in overhead_fp32 overhead_compile overhead_bf16 adapters train_step prefix_cache full_epoch; do
         echo "## $part"
         echo
         if [ -f "$WORK/$part.md" ]; then cat "$WORK/$part.md"; else echo "(no result: see gpu.log)"; fi

@@ -27,6 +27,8 @@ from pathlib import Path
 __all__ = [
     "Profile",
     "dataset_folder",
+    "default_num_workers",
+    "MAX_DEFAULT_WORKERS",
     "FULL",
     "SMOKE",
     "PROFILES",
@@ -54,7 +56,7 @@ class Profile:
         epochs: Training epochs.
         batch_size: Training batch size.
         max_images_per_category: Cap on evaluation images per category (``None``: all).
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers (the full profile: :func:`default_num_workers`).
         winclip_backbone: Backbone of the WinCLIP baseline.
         winclip_pretrained: Pretrained tag of the WinCLIP backbone.
         winclip_images_per_category: Cap on evaluated images per category for WinCLIP, which re-encodes
@@ -110,6 +112,21 @@ def dataset_folder(name: str) -> tuple[str, str]:
     return kind, folder or kind
 
 
+# H4 measured ~36 images/s per loader worker (benchmarks/RESULTS.md, "loader"): 8 workers feed an H100's
+# 237 images/s; more only cost host memory.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    """DataLoader workers by default: one per CPU core this process may use, at most :data:`MAX_DEFAULT_WORKERS`.
+
+    ``os.sched_getaffinity`` counts the cores a container or ``taskset`` grants (a Colab runtime: 2),
+    where it exists; ``os.cpu_count`` elsewhere. Never more workers than cores, so DataLoader never warns.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
 def _data_root() -> Path:
     return Path(os.environ.get("FECLIP_DATA", "data")).expanduser()
 
@@ -130,7 +147,7 @@ FULL = Profile(
     epochs=9,
     batch_size=16,
     max_images_per_category=None,
-    num_workers=4,
+    num_workers=default_num_workers(),  # a 2-vCPU Colab runtime gets 2, a GPU node up to 8
     winclip_backbone="ViT-B-16-plus-240",
     winclip_pretrained="laion400m_e32",
     winclip_images_per_category=None,

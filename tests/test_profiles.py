@@ -102,3 +102,12 @@ def test_dataset_names_are_read_by_one_parser(monkeypatch: pytest.MonkeyPatch, t
     assert smoke.spec(smoke.train_dataset) == f"synth:{tmp_path / 'objects'}"
     assert smoke.spec(smoke.eval_dataset) == f"synth:{tmp_path / 'textures'}"
     assert FULL.spec("mvtec") == f"mvtec:{FULL.data_root / 'mvtec'}"
+
+
+def test_the_full_profile_uses_the_machines_cores_for_its_loader() -> None:
+    """A 2-vCPU Colab runtime must not get the 4 workers a fixed default would give (DataLoader warns)."""
+    from feclip.profiles import default_num_workers
+
+    from feclip.recipes import train_config
+
+    assert FULL.num_workers == default_num_workers() == train_config(FULL).num_workers

@@ -127,7 +127,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"fc_patch learning rate (default: 5e-6; smoke run: {smoke.fc_patch_lr:g})")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the adapters' initialisation, the data order and "
                                                               "a random backbone (default: 0)")
-    parser.add_argument("--amp", choices=AMP_MODES, help="bf16 autocast on GPUs (default: auto)")
+    parser.add_argument("--amp", choices=AMP_MODES, help="mixed precision on a GPU: auto (bf16 where the GPU has it natively, else fp16 with a "
+                        "gradient scaler), bf16, fp16, off (default: auto; the CPU trains in float32)")
     parser.add_argument("--cache-prefix", action=argparse.BooleanOptionalAction, default=None,
                         help="keep the frozen blocks' output before the first tap from epoch 1 and start later epochs "
                              "there: same result, less work (default: off)")

@@ -44,12 +44,13 @@ The package, one responsibility per module:
 from feclip.train.config import TrainConfig
 from feclip.train.distributed import DistributedContext, resolve_device
 from feclip.train.history import History
-from feclip.train.loop import build_loss, build_optimizer, train
+from feclip.train.loop import NonFiniteLossError, build_loss, build_optimizer, train
 from feclip.train.run_state import BEST, LAST, STATE, resolve_resume, seed_everything
 
 __all__ = [
     "TrainConfig",
     "History",
+    "NonFiniteLossError",
     "DistributedContext",
     "build_loss",
     "build_optimizer",

@@ -9,27 +9,13 @@ from typing import Any, Literal
 
 from feclip.losses import check_tap_options
 from feclip.metrics import METRIC_COLUMNS
+from feclip.profiles import MAX_DEFAULT_WORKERS, default_num_workers
 
 __all__ = ["AMP_MODES", "MAX_DEFAULT_WORKERS", "TrainConfig", "default_num_workers"]
 
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
-# H4 measured ~36 images/s per loader worker (benchmarks/RESULTS.md, "loader"): 8 workers feed an H100's
-# 237 images/s; more only cost host memory.
-MAX_DEFAULT_WORKERS = 8
 # What a config saved before these fields existed trained with (its key ``loss_reduction`` is today's ``supervise``).
 _LEGACY_MEANING = {"tap_reduction": "sum", "focal_alpha": None, "dice_smooth": 1.0}
-
-
-def default_num_workers() -> int:
-    """DataLoader workers by default: one per CPU core this process may use, at most :data:`MAX_DEFAULT_WORKERS`.
-
-    ``os.sched_getaffinity`` counts the cores a container or ``taskset`` grants (a Colab runtime: 2),
-    where it exists; ``os.cpu_count`` elsewhere. Never more workers than cores, so DataLoader never warns.
-    """
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, MAX_DEFAULT_WORKERS))
 
 
 @dataclass
