@@ -21,10 +21,12 @@ import html
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DATA_ROLES",
     "Profile",
     "dataset_folder",
     "default_num_workers",
@@ -67,6 +69,7 @@ class Profile:
         ablation_images_per_category: Cap on evaluated images per category in ablations (``None``: all).
         num_threads: Torch CPU threads (``None``: torch's default). One thread is fastest for the tiny backbone.
         seed: Random seed.
+        fallback_reason: Why ``auto`` chose this profile instead of ``full`` (``None`` when it was asked for).
     """
 
     name: str
@@ -89,6 +92,7 @@ class Profile:
     ablation_images_per_category: int | None
     num_threads: int | None
     seed: int = 0
+    fallback_reason: str | None = None
 
     @property
     def is_smoke(self) -> bool:
@@ -185,11 +189,26 @@ SMOKE = Profile(
 PROFILES = {"full": FULL, "smoke": SMOKE}
 
 
-def full_profile_available() -> tuple[bool, str]:
+DATA_ROLES = ("train", "eval")  # the auxiliary data set trained on, the target evaluated on
+
+
+def _role_datasets(profile: Profile, data: Sequence[str]) -> list[str]:
+    """The profile's data set names for the roles a chapter uses (``"train"``, ``"eval"``)."""
+    unknown = sorted(set(data) - set(DATA_ROLES))
+    if unknown or not data:
+        raise ValueError(f"data must name roles of {DATA_ROLES}, got {list(data)}")
+    return [profile.train_dataset if role == "train" else profile.eval_dataset for role in DATA_ROLES if role in data]
+
+
+def full_profile_available(data: Sequence[str] = DATA_ROLES) -> tuple[bool, str]:
     """Whether the full profile can run here, and if not, why.
 
+    Args:
+        data: The roles whose data sets must be present: ``"train"`` (VisA, the auxiliary data set)
+            and/or ``"eval"`` (MVTec AD, the target). A chapter that only evaluates needs only ``"eval"``.
+
     Returns:
-        ``(available, reason)``.
+        ``(available, reason)``: the reason names what is missing (no GPU, which folder, which weights).
     """
     import torch
 
@@ -198,27 +217,32 @@ def full_profile_available() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA GPU"
     root = _data_root()
-    missing = [name for name in ("mvtec", "visa") if not (root / name).is_dir()]
+    missing = [folder for folder in (dataset_folder(name)[1] for name in _role_datasets(FULL, data))
+               if not (root / folder).is_dir()]
     if missing:
-        return False, f"no {', '.join(missing)} under FECLIP_DATA={root}"
+        return False, f"no {', '.join(str(root / folder) for folder in missing)} (FECLIP_DATA={root}; see feclip download)"
     if not pretrained_available(FULL.backbone, FULL.pretrained):
         return False, f"{FULL.backbone} / {FULL.pretrained} weights not reachable"
     return True, "GPU, weights and data found"
 
 
-def resolve_profile(name: str | None = None) -> Profile:
+def resolve_profile(name: str | None = None, *, data: Sequence[str] = DATA_ROLES) -> Profile:
     """The profile to run: ``name``, else ``$FECLIP_PROFILE``, else ``"auto"``.
 
     Args:
         name: ``"full"``, ``"smoke"`` or ``"auto"``.
+        data: The data roles the caller uses (see :func:`full_profile_available`); ``auto`` needs only those.
 
     Returns:
-        The resolved :class:`Profile` (``auto`` becomes ``full`` or ``smoke``).
+        The resolved :class:`Profile` (``auto`` becomes ``full`` or ``smoke``; a smoke profile chosen by
+        ``auto`` says why in ``fallback_reason``).
     """
     name = (name or os.environ.get("FECLIP_PROFILE") or "auto").lower()
     if name == "auto":
-        available, _ = full_profile_available()
-        return resolve_profile("full" if available else "smoke")
+        available, reason = full_profile_available(data)
+        if available:
+            return resolve_profile("full")
+        return dataclasses.replace(resolve_profile("smoke"), fallback_reason=reason)
     if name == "full":
         return dataclasses.replace(FULL, data_root=_data_root())
     if name == "smoke":
@@ -226,7 +250,7 @@ def resolve_profile(name: str | None = None) -> Profile:
     raise ValueError(f"FECLIP_PROFILE must be 'full', 'smoke' or 'auto', got {name!r}")
 
 
-def ensure_data(profile: Profile) -> Path:
+def ensure_data(profile: Profile, data: Sequence[str] = DATA_ROLES) -> Path:
     """The profile's data root, generating the synthetic benchmark there first if the smoke profile needs it.
 
     Generation writes to a temporary sibling folder and renames it into place, so notebooks
@@ -234,6 +258,7 @@ def ensure_data(profile: Profile) -> Path:
 
     Args:
         profile: The run profile.
+        data: The data roles the caller uses (``"train"``, ``"eval"``); only their folders must exist.
 
     Returns:
         The data root.
@@ -242,7 +267,7 @@ def ensure_data(profile: Profile) -> Path:
         FileNotFoundError: The full profile's data sets are not under ``profile.data_root``.
     """
     root = profile.data_root
-    needed = [root / dataset_folder(name)[1] for name in (profile.train_dataset, profile.eval_dataset)]
+    needed = [root / dataset_folder(name)[1] for name in _role_datasets(profile, data)]
     if all(path.is_dir() for path in needed):
         return root
     if not profile.is_smoke:
@@ -263,20 +288,22 @@ def ensure_data(profile: Profile) -> Path:
     return root
 
 
-def use_profile(name: str | None = None) -> Profile:
+def use_profile(name: str | None = None, *, data: Sequence[str] = DATA_ROLES) -> Profile:
     """Resolve the profile, apply its runtime settings (CPU threads, seed) and announce it.
 
     This is what every notebook's parameters cell calls.
 
     Args:
         name: ``"full"``, ``"smoke"`` or ``"auto"``; ``None`` reads ``$FECLIP_PROFILE``.
+        data: The data roles the chapter uses: ``("eval",)`` for a chapter that only evaluates on the
+            target (MVTec AD), so that ``auto`` does not ask for VisA too.
 
     Returns:
         The resolved :class:`Profile`.
     """
     import torch
 
-    profile = resolve_profile(name)
+    profile = resolve_profile(name, data=data)
     if profile.num_threads is not None:
         torch.set_num_threads(profile.num_threads)
     torch.manual_seed(profile.seed)
@@ -293,6 +320,8 @@ def announce(profile: Profile) -> None:
             "benchmark. These numbers show that the code runs and learns; they are not the paper's numbers. "
             "Set FECLIP_PROFILE=full on a GPU with the OpenAI weights and MVTec AD / VisA to reproduce the paper."
         )
+        if profile.fallback_reason:
+            body = f"FECLIP_PROFILE=auto fell back to smoke: {profile.fallback_reason}. " + body
     else:
         title = "Profile: full"
         body = f"{profile.backbone} ({profile.pretrained}) on {profile.device}, data under {profile.data_root}."

@@ -47,7 +47,7 @@ _LOCK_WAIT_S = 24 * 3600.0
 # Model settings that only change how a trained model reports: applied to a loaded model, never compared.
 _INFERENCE_ONLY = ("map_score",)
 
-__all__ = ["TrainingData", "build_model", "training_data", "profile_datasets", "train_config", "default_run_dir",
+__all__ = ["ADAPTERS_ENV", "TrainingData", "build_model", "published_adapters", "training_data", "profile_datasets", "train_config", "default_run_dir",
            "load_or_train"]
 
 
@@ -222,29 +222,64 @@ def _finished_run(profile: Profile, run_dir: Path, config: TrainConfig, model_ov
     return model.eval(), history
 
 
+ADAPTERS_ENV = "FECLIP_ADAPTERS"
+
+
+def published_adapters(profile: Profile) -> FEClip | None:
+    """The published FE-CLIP named by ``$FECLIP_ADAPTERS`` (a checkpoint URL or path), or ``None`` if unset.
+
+    A reader who sets it skips training: :func:`load_or_train`'s default run is this model. It must
+    have been trained on the profile's backbone.
+
+    Args:
+        profile: The run profile (its backbone and device).
+
+    Returns:
+        The model in eval mode, or ``None``.
+
+    Raises:
+        ValueError: The checkpoint was trained on another backbone than the profile's.
+    """
+    source = os.environ.get(ADAPTERS_ENV)
+    if not source:
+        return None
+    model = FEClip.from_pretrained(source, device=profile.device)
+    if model.config.backbone != profile.backbone:
+        raise ValueError(f"{ADAPTERS_ENV}={source} holds adapters for {model.config.backbone}, "
+                         f"but the {profile.name} profile runs {profile.backbone}")
+    return model.eval()
+
+
 def load_or_train(
     profile: Profile,
     run_dir: str | Path | None = None,
     *,
-    progress: bool = False,
+    progress: bool | None = None,
     train_overrides: dict[str, Any] | None = None,
     **model_overrides: Any,
 ) -> tuple[FEClip, History]:
     """A trained FE-CLIP for the profile: loaded if its run finished, resumed if cut off, else trained.
 
     The run folder's lock (:class:`feclip.run_folder.RunLock`) is held meanwhile: a second process asking
-    for the same run waits for the first to finish, then loads what it trained.
+    for the same run waits for the first to finish, then loads what it trained. The profile's default
+    run (no ``run_dir``, no overrides) is the published model of ``$FECLIP_ADAPTERS`` when that is set
+    (:func:`published_adapters`; its history is then empty).
 
     Args:
         profile: The run profile.
         run_dir: Run folder (default :func:`default_run_dir`); use one folder per configuration.
-        progress: Show tqdm bars while training.
+        progress: Show tqdm bars while training (default: in the full profile, where an epoch takes minutes).
         train_overrides: Fields of :class:`feclip.train.TrainConfig` to change.
         **model_overrides: Fields of :class:`feclip.config.FEClipConfig` to change.
 
     Returns:
         ``(model, history)``, the model in eval mode.
     """
+    if run_dir is None and not train_overrides and not model_overrides:
+        published = published_adapters(profile)
+        if published is not None:
+            return published, History()
+    progress = not profile.is_smoke if progress is None else progress
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(profile)
     config = train_config(profile, **(train_overrides or {}))
     with RunLock(run_dir).acquire(wait_s=_LOCK_WAIT_S):  # another kernel training this run: wait, then load it

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from feclip.profiles import FULL, SMOKE, announce, full_profile_available, resolve_profile
+from feclip.profiles import FULL, SMOKE, announce, ensure_data, full_profile_available, resolve_profile
 
 
 @pytest.fixture(autouse=True)
@@ -58,11 +59,12 @@ def test_environment_variable_is_respected(monkeypatch: pytest.MonkeyPatch, tmp_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks full on a GPU machine with weights and data")
 def test_auto_is_smoke_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FECLIP_PROFILE", raising=False)
-    assert resolve_profile() == SMOKE
-    assert resolve_profile("auto") == SMOKE
+    for profile in (resolve_profile(), resolve_profile("auto")):
+        assert dataclasses.replace(profile, fallback_reason=None) == SMOKE and profile.fallback_reason == "no CUDA GPU"
     monkeypatch.setenv("FECLIP_PROFILE", "auto")
-    assert resolve_profile() == SMOKE
+    assert resolve_profile().fallback_reason == "no CUDA GPU"
     assert full_profile_available() == (False, "no CUDA GPU")
+    assert resolve_profile("smoke").fallback_reason is None  # asked for, not fallen back to
 
 
 def test_auto_without_data_or_weights_is_smoke_even_with_a_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -70,11 +72,26 @@ def test_auto_without_data_or_weights_is_smoke_even_with_a_gpu(monkeypatch: pyte
     monkeypatch.setenv("FECLIP_DATA", str(tmp_path))
     available, reason = full_profile_available()
     assert not available and "mvtec" in reason and "visa" in reason
-    assert resolve_profile("auto") == SMOKE
+    assert resolve_profile("auto").name == "smoke" and resolve_profile("auto").fallback_reason == reason
     (tmp_path / "mvtec").mkdir()
-    (tmp_path / "visa").mkdir()
-    available, reason = full_profile_available()  # FECLIP_OFFLINE=1: the weights cannot be fetched
+    available, reason = full_profile_available()
+    assert not available and "visa" in reason and "mvtec" not in reason
+    # A chapter that only evaluates on the target (MVTec AD) does not need VisA.
+    available, reason = full_profile_available(data=("eval",))  # FECLIP_OFFLINE=1: the weights cannot be fetched
     assert not available and "weights" in reason
+    (tmp_path / "visa").mkdir()
+    available, reason = full_profile_available()
+    assert not available and "weights" in reason
+    with pytest.raises(ValueError, match="roles"):
+        full_profile_available(data=("test",))
+
+
+def test_ensure_data_needs_only_the_roles_asked_for(tmp_path: Path) -> None:
+    full = dataclasses.replace(FULL, data_root=tmp_path)
+    (tmp_path / "mvtec").mkdir()
+    assert ensure_data(full, data=("eval",)) == tmp_path
+    with pytest.raises(FileNotFoundError, match="visa"):
+        ensure_data(full)
 
 
 def test_bad_profile_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,7 +105,9 @@ def test_bad_profile_name(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_announce_outside_a_notebook(capsys: pytest.CaptureFixture[str]) -> None:
     announce(SMOKE)
     printed = capsys.readouterr().out
-    assert printed.startswith("Profile: smoke:") and "not the paper's numbers" in printed
+    assert printed.startswith("Profile: smoke:") and "not the paper's numbers" in printed and "fell back" not in printed
+    announce(dataclasses.replace(SMOKE, fallback_reason="no CUDA GPU"))
+    assert "FECLIP_PROFILE=auto fell back to smoke: no CUDA GPU." in capsys.readouterr().out
     announce(FULL)
     assert capsys.readouterr().out.startswith("Profile: full: ViT-L-14-336 (openai)")
 

@@ -134,3 +134,23 @@ def test_a_second_process_on_the_same_run_waits_for_it(profile, tmp_path: Path) 
         holder.wait(timeout=60)
     assert len(history) == 1 and (run_dir / "last.safetensors").is_file()
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".") or p.name == "run.lock") == []
+
+
+def test_published_adapters_stand_in_for_the_default_run(profile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$FECLIP_ADAPTERS lets a reader skip training: the default run is the published model, nothing trains."""
+    import feclip.recipes as recipes
+
+    published = build_model(profile)
+    with torch.no_grad():
+        published.fc_patch.weight.mul_(2)  # not what a fresh build gives
+    published.save(tmp_path / "published.safetensors")
+    monkeypatch.setenv("FECLIP_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FECLIP_ADAPTERS", str(tmp_path / "published.safetensors"))
+    monkeypatch.setattr(recipes, "train", lambda *args, **kwargs: pytest.fail("trained instead of loading"))
+    model, history = load_or_train(profile)
+    assert len(history) == 0 and torch.equal(model.fc_patch.weight, published.fc_patch.weight)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(pytest.fail.Exception, match="trained instead"):  # a run with its own settings still trains
+        load_or_train(profile, lambda_fuse=0.5)
+    with pytest.raises(ValueError, match="adapters for feclip-tiny, but the smoke profile runs ViT-B-16"):
+        recipes.published_adapters(dataclasses.replace(profile, backbone="ViT-B-16"))
