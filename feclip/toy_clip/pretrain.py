@@ -256,6 +256,9 @@ def save_toy_weights(clip: nn.Module, path: str | Path, metadata: dict[str, Any]
     header.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()})
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     save_file(tensors, str(partial), metadata=header)
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o666 & ~umask)  # the user's normal permissions, whatever the writer chose
     os.replace(partial, path)
     return path
 
