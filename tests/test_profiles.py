@@ -22,7 +22,7 @@ def test_smoke_profile_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FECLIP_SMOKE_DATA", raising=False)
     profile = resolve_profile("smoke")
     assert profile == SMOKE and profile.is_smoke
-    assert (profile.name, profile.backbone, profile.pretrained, profile.device) == ("smoke", "feclip-tiny", None, "cpu")
+    assert (profile.name, profile.backbone, profile.pretrained, profile.device) == ("smoke", "feclip-tiny", "toy", "cpu")
     assert (profile.train_dataset, profile.eval_dataset) == ("synth-objects", "synth-textures")
     assert profile.winclip_backbone == "feclip-tiny" and profile.num_workers == 0
     assert profile.epochs >= 1 and profile.batch_size >= 1

@@ -67,7 +67,8 @@ profile's data root if absent) trains on objects, validates on a held-out quarte
 and names textures as the target, with the smoke profile's recipe: the smoke profile's sizes
 (SMOKE_SIZES) and learning rates unless --epochs / --batch-size / --lr say
 otherwise; when no --backbone is given and the ViT-L-14-336 OpenAI weights cannot be
-reached, the randomly initialised feclip-tiny backbone is used and a line on stderr says so.
+reached, feclip's toy CLIP (feclip-tiny pretrained on the synthetic world, shipped with
+feclip) is used and a line on stderr says so.
 With --train the run follows the paper's recipe (the full profile's).
 
 Every epoch writes RUN_DIR/last.safetensors (+ .json), RUN_DIR/last.state.pt and
@@ -188,9 +189,9 @@ def _profile(args: argparse.Namespace, record: dict[str, Any], demo: bool) -> An
         pretrained = None if backbone == TINY_MODEL else DEFAULT_PRETRAINED
     if demo and args.backbone is None and args.pretrained is None and not record and not pretrained_available(backbone, pretrained):
         if is_main_process():
-            say(f"no {backbone} / {pretrained} weights reachable: smoke run with the randomly initialised "
-                f"{TINY_MODEL} backbone (not the paper's numbers; pass --backbone/--pretrained for real weights)")
-        backbone, pretrained = TINY_MODEL, None
+            say(f"no {backbone} / {pretrained} weights reachable: smoke run with feclip's toy CLIP ({TINY_MODEL} "
+                f"pretrained on the synthetic world; not the paper's numbers; pass --backbone/--pretrained for real weights)")
+        backbone, pretrained = TINY_MODEL, profiles.SMOKE.pretrained
     return dataclasses.replace(profiles.SMOKE if demo else profiles.FULL, backbone=backbone, pretrained=pretrained)
 
 

@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 MANIFEST = "reproduction.json"
-SMOKE_LABEL = ("SMOKE RUN: synthetic stand-in data sets and a randomly initialised tiny backbone on the CPU. "
+SMOKE_LABEL = ("SMOKE RUN: synthetic stand-in data sets and feclip's toy CLIP (a tiny backbone pretrained on the "
+               "synthetic world, not OpenAI's CLIP) on the CPU. "
                "These numbers show that the pipeline runs; they are not comparable with the paper's.")
 
 
