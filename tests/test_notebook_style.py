@@ -409,3 +409,34 @@ def test_chapters_cross_reference_instead_of_typing_chapter_numbers() -> None:
 def test_chapters_say_reference_implementation() -> None:
     violations = _violations(seed_implementation_mentions)
     assert not violations, violations
+
+
+INSTALL_VERSION = re.compile(r'^FECLIP_VERSION = "(?P<version>[^"]+)"', re.MULTILINE)
+
+
+def test_every_chapter_installs_the_same_pinned_release() -> None:
+    """One install cell, word for word, in every chapter; its version is the package's own."""
+    import tomllib
+
+    import feclip
+
+    cells = [_cells(nb)[1] for nb in NOTEBOOKS]
+    sources = {_source(cell) for cell in cells}
+    assert len(sources) == 1, "the chapters' install cells differ"
+    (source,) = sources
+    assert "hide-cell" in _tags(cells[0]) and "find_spec(\"feclip\")" in source
+    assert INSTALL_VERSION.search(source)["version"] == feclip.__version__
+    assert "@v{FECLIP_VERSION}" in source
+    # The widget pin the cell installs on Colab satisfies the book extra's requirement.
+    pinned = re.search(r'"ipywidgets==(?P<version>[\d.]+)"', source)["version"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["book"]
+    (requirement,) = [r for r in extra if r.startswith("ipywidgets")]
+    from packaging.requirements import Requirement
+
+    assert pinned in Requirement(requirement).specifier
+
+
+def test_every_chapter_title_carries_its_label() -> None:
+    for notebook in NOTEBOOKS:
+        title = _source(_cells(notebook)[0])
+        assert re.match(r"\(ch-[a-z-]+\)=\n# ", title), notebook.name
