@@ -1,7 +1,7 @@
 """Which transformer blocks FE-CLIP taps.
 
 FE-CLIP reads features at ``N = 4`` blocks of the ViT; the paper does not say which.
-The seed implementation compared three sets on ViT-L/14 (24 blocks) and recommends
+The reference implementation (the anomalib fork ``taewanHwang/anomalib``) compared three sets on ViT-L/14 (24 blocks) and recommends
 the spread one:
 
 ========  ===================  =====================================
