@@ -1,8 +1,8 @@
 """Which transformer blocks FE-CLIP taps.
 
 FE-CLIP reads features at ``N = 4`` blocks of the ViT; the paper does not say which.
-The reference implementation (the anomalib fork ``taewanHwang/anomalib``) compared three sets on ViT-L/14 (24 blocks) and recommends
-the spread one:
+The reference implementation (the anomalib fork ``taewanHwang/anomalib``) compared three
+sets on ViT-L/14 (24 blocks) and recommends the spread one:
 
 ========  ===================  =====================================
 name      ViT-L/14 blocks      notes
