@@ -1,10 +1,7 @@
 """House style of the chapters (notebooks), as the published book needs it.
 
 Each rule is a small checker that lists the violations it finds, tested on hand-made cells,
-then applied to every chapter. The rules the chapters do not meet yet are marked
-``xfail(strict=True, reason="notebook pass pending")``: the notebook pass applies the patterns
-below, after which the lead removes the marks (a strict xfail that starts passing fails the
-suite, so a forgotten mark shows up).
+then applied to every chapter.
 
 The patterns, exactly as the chapters write them:
 
@@ -60,7 +57,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-PENDING = pytest.mark.xfail(strict=True, reason="notebook pass pending")
 
 MAX_LINE = 88
 DIFFICULTIES = {"easy", "medium", "hard"}
@@ -364,13 +360,11 @@ def _violations(check) -> list[str]:
     return [f"{nb.name}: {problem}" for nb in NOTEBOOKS for problem in check(_cells(nb))]
 
 
-@PENDING
 def test_no_code_line_is_longer_than_88_characters() -> None:
     violations = _violations(long_code_lines)
     assert not violations, f"{len(violations)} long lines, e.g. {violations[:10]}"
 
 
-@PENDING
 def test_every_figure_has_a_name_and_a_caption() -> None:
     violations = _violations(uncaptioned_figures)
     assert not violations, violations
@@ -381,31 +375,26 @@ def test_figure_names_are_unique_across_the_book() -> None:
     assert len(names) == len(set(names)), sorted(name for name in names if names.count(name) > 1)
 
 
-@PENDING
 def test_every_widget_cell_has_its_output_removed() -> None:
     violations = _violations(unhidden_widgets)
     assert not violations, violations
 
 
-@PENDING
 def test_exercises_use_the_exercise_pattern() -> None:
     violations = _violations(exercise_problems)
     assert not violations, violations
 
 
-@PENDING
 def test_every_chapter_states_its_runtime() -> None:
     violations = _violations(runtime_note_problems)
     assert not violations, violations
 
 
-@PENDING
 def test_chapters_cross_reference_instead_of_typing_chapter_numbers() -> None:
     violations = _violations(typed_chapter_numbers)
     assert not violations, violations
 
 
-@PENDING
 def test_chapters_say_reference_implementation() -> None:
     violations = _violations(seed_implementation_mentions)
     assert not violations, violations
