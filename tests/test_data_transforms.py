@@ -3,6 +3,7 @@ squash and crop geometry against open_clip, open_clip configs."""
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 from math import ceil, floor
 from types import SimpleNamespace
@@ -247,3 +248,20 @@ def test_resize_mode_is_validated_everywhere() -> None:
     model = SimpleNamespace(visual=SimpleNamespace(preprocess_cfg=cfg))
     assert transforms_for_clip(model).resize_mode == "squash"
     assert transforms_for_clip(model, resize_mode="crop") == AnomalyTransform(32, cfg["mean"], cfg["std"], resize_mode="crop")
+
+
+def test_read_only_masks_resize_without_a_warning() -> None:
+    """Masks read from memory-mapped or frozen arrays are copied, not shared (torch warns on those)."""
+    mask = np.zeros((8, 12), dtype=bool)
+    mask[3, 5] = True
+    as_uint8 = mask.astype(np.uint8)
+    for frozen in (mask, as_uint8):
+        frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = resize_mask(mask, (4, 6))
+        again = resize_mask(as_uint8, (4, 6))
+        batch = resize_masks(mask, (4, 6))
+    expected = torch.zeros(4, 6)
+    expected[1, 2] = 1  # the block max of the 2x2 block holding pixel (3, 5)
+    assert torch.equal(one, expected) and torch.equal(again, expected) and torch.equal(batch, expected.bool())

@@ -146,6 +146,8 @@ def resize_masks(masks: Tensor | np.ndarray, size: ImageSize) -> Tensor:
         Boolean tensor ``(B, H, W)`` (or ``(H, W)`` for one mask), on the masks' device.
     """
     height, width = _size_hw(size)
+    if isinstance(masks, np.ndarray) and not masks.flags.writeable:
+        masks = masks.copy()  # torch cannot share a read-only array's memory (it warns)
     binary = torch.as_tensor(masks)
     if binary.dtype != torch.bool:  # comparing a boolean tensor would promote it to float: skip that
         binary = binary > 0.5
@@ -169,7 +171,9 @@ def resize_mask(mask: np.ndarray, image_size: ImageSize, resize_mode: str = "squ
     """
     height, width = _size_hw(image_size)
     mask = np.asarray(mask)
-    binary = torch.from_numpy(np.ascontiguousarray(mask if mask.dtype == bool else mask > 0.5))
+    flags = mask if mask.dtype == bool else mask > 0.5
+    # torch cannot share a read-only array's memory (it warns): copy those, share the rest.
+    binary = torch.from_numpy(np.array(flags, order="C", copy=not flags.flags.writeable or None))
     if binary.ndim != 2:
         raise ValueError(f"mask must have shape (h, w), got {tuple(binary.shape)}")
     resized_hw, (top, left) = resize_geometry(tuple(binary.shape), (height, width), resize_mode)
