@@ -107,6 +107,11 @@ def test_zero_shot_image_auroc_is_clearly_above_chance_on_held_out_images(toy, f
     assert table.loc["macro", "image_auroc"] > chance.loc["macro", "image_auroc"] + margin
 
 
+def test_the_light_options_module_names_the_pretraining_families() -> None:
+    """options.py spells the families out (it must not import the renderer); they are the package's."""
+    assert ViewMix().families == PRETRAINING_FAMILIES and PretrainConfig().mix == ViewMix()
+
+
 def test_batches_are_seeded_and_drawn_from_the_pretraining_families_only() -> None:
     first, again = render_batch(step_rng(0, 5), 12), render_batch(step_rng(0, 5), 12)
     other = render_batch(step_rng(0, 6), 12)

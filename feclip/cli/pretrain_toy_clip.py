@@ -1,9 +1,9 @@
 """``feclip pretrain-toy-clip``: pretrain the toy CLIP, ``python -m feclip.toy_clip`` under the ``feclip`` command.
 
-The options are :func:`feclip.toy_clip.pretrain.add_arguments`' own, so the two commands never drift
-apart; their defaults are :class:`feclip.toy_clip.pretrain.PretrainConfig`'s. Unlike the other
-subcommands, this one's ``--help`` imports torch (its defaults live beside the training code): it is the
-developers' command that remakes the weights shipped in ``feclip/weights``.
+The options are :func:`feclip.toy_clip.options.add_arguments`' own, so the two commands never drift
+apart; their defaults are :class:`feclip.toy_clip.options.PretrainConfig`'s (a module without torch, so
+``--help`` answers at once). It is the developers' command that remakes the weights shipped in
+``feclip/weights``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ examples:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from feclip.toy_clip.pretrain import DESCRIPTION, add_arguments
+    from feclip.toy_clip.options import DESCRIPTION, add_arguments
 
     parser.description = DESCRIPTION
     parser.epilog = EPILOG

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads only when a model is built: `feclip pretrain-toy-clip --help` stays quick
+    import torch
+    from torch import nn
 
 __all__ = ["TOY_TAG", "TOY_WEIGHTS", "load_toy_clip", "toy_metadata"]
 

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from feclip.toy_clip.options import DESCRIPTION, PretrainConfig, add_arguments
 from feclip.toy_clip.views import PretrainBatch, ViewMix, group_windows, render_batch, step_rng, window_indices
 from feclip.vit import embed_images, project_tokens, run_blocks
 
@@ -38,43 +38,6 @@ __all__ = ["PretrainConfig", "add_arguments", "encode_batch", "encode_captions",
            "main"]
 
 TOY_DESCRIPTION = "feclip toy CLIP, pretrained on the synthetic world; not OpenAI's CLIP"
-DESCRIPTION = "Pretrain feclip-tiny contrastively (open_clip.ClipLoss) on captioned synthetic textures and objects."
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Hyper-parameters of one pretraining run.
-
-    Attributes:
-        steps: Optimiser steps.
-        batch_size: Images rendered per step (each also gives ``mix.windows_per_image`` window views).
-        lr: Peak AdamW learning rate.
-        warmup_steps: Steps of linear warm-up before the cosine decay to zero.
-        weight_decay: AdamW weight decay of the matrices (not of gains, biases, embeddings or the logit scale).
-        init_temperature: Starting softmax temperature of the loss (CLIP's 0.07; it is learnt from there).
-        seed: Seed of the initial weights and of every batch.
-        mix: What a batch holds.
-    """
-
-    steps: int = 2000
-    batch_size: int = 24
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    init_temperature: float = 0.07
-    seed: int = 0
-    mix: ViewMix = field(default_factory=ViewMix)
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or self.warmup_steps < 0:
-            raise ValueError(f"steps and batch_size must be positive (batch_size >= 2) and warmup_steps >= 0, got "
-                             f"{self.steps}, {self.batch_size}, {self.warmup_steps}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive and finite, got {self.lr}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy."""
-        return dataclasses.asdict(self)
 
 
 def _image_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -261,24 +224,6 @@ def save_toy_weights(clip: nn.Module, path: str | Path, metadata: dict[str, Any]
     partial.chmod(0o666 & ~umask)  # the user's normal permissions, whatever the writer chose
     os.replace(partial, path)
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m feclip.toy_clip``, also those of ``feclip pretrain-toy-clip``."""
-    defaults = PretrainConfig()
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="weights file to write (.safetensors)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimiser steps (default: {defaults.steps})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help=f"images rendered per step, each with its window views (default: {defaults.batch_size})")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default: {defaults.lr})")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup_steps, help="linear warm-up steps")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    parser.add_argument("--windows-per-image", type=int, default=defaults.mix.windows_per_image,
-                        help="token-window views cut from each image")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and of every batch")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--save-every", type=int, default=100, help="steps between resumable state files")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _parser() -> argparse.ArgumentParser:

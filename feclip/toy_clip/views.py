@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feclip.data.synthetic import FAMILIES, PRETRAINING_FAMILIES, caption_pair, defect_types_for, render_sample
+from feclip.data.synthetic import FAMILIES, caption_pair, defect_types_for, render_sample
+from feclip.toy_clip.options import ViewMix
 
 __all__ = [
     "MIN_DEFECT_PIXELS", "ViewMix", "WindowView", "PretrainBatch", "step_rng", "render_batch", "window_indices", "group_windows",
@@ -38,29 +39,6 @@ MIN_DEFECT_PIXELS = 6
 _STREAM = 0x70C11B  # first word of every pretraining key: no file of the written benchmark uses it
 
 
-@dataclass(frozen=True)
-class ViewMix:
-    """What one pretraining batch holds.
-
-    Attributes:
-        defect_fraction: Share of rendered images that have a defect.
-        twin_fraction: Share of defective images whose defect-free twin (the same scene, ``clean``) joins
-            the batch, captioned with the same noun and template in the normal state, with the same windows.
-        windows_per_image: Window views cut from each image.
-        window_sizes: Window sides in patches, drawn uniformly.
-        defect_window_fraction: Share of a defective image's windows centred on the defect (the others fall
-            anywhere, and are captioned by what they show).
-        specific_caption: Chance that a defective view is captioned by its defect type (else "damaged", ...).
-        families: Families the images are drawn from.
-    """
-
-    defect_fraction: float = 0.5
-    twin_fraction: float = 1.0
-    windows_per_image: int = 4
-    window_sizes: tuple[int, ...] = (2, 3, 4, 6)
-    defect_window_fraction: float = 1.0
-    specific_caption: float = 0.5
-    families: tuple[str, ...] = PRETRAINING_FAMILIES
 
 
 @dataclass(frozen=True)
