@@ -3,8 +3,10 @@
 The full build (``make book``) executes every notebook; here the book is built with execution
 off, so a broken table of contents, reference or directive fails in seconds. The build runs on
 a copy of the sources in which (1) every cell that declares a figure (myst-nb ``mystnb.figure``
-metadata) gets a placeholder image as its output, standing in for the executed figure, and (2)
-one extra probe chapter exercises figure, chapter and equation numbering and their
+metadata) gets a placeholder image as its output, standing in for the executed figure, (2) every
+number the prose takes from a run (``{glue:text}`key```) gets a placeholder glue output, so the
+glue references resolve (whether each key is really glued is checked by ``make book``, which
+executes the chapters with ``-W``), and (3) one extra probe chapter exercises figure, chapter and equation numbering and their
 cross-references, so the mechanism is checked before the chapters use it.
 """
 
@@ -231,6 +233,9 @@ def _probe_notebook() -> dict:
             "nbformat": 4, "nbformat_minor": 5}
 
 
+GLUE_REFERENCE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")
+
+
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory: pytest.TempPathFactory) -> BuiltBook:
     tmp = tmp_path_factory.mktemp("book")
@@ -252,6 +257,13 @@ def built_book(tmp_path_factory: pytest.TempPathFactory) -> BuiltBook:
             if cell["cell_type"] == "code" and name:
                 cell["outputs"] = [placeholder]
                 names.append(name)
+        glued = sorted({key for cell in content["cells"] if cell["cell_type"] == "markdown"
+                        for key in GLUE_REFERENCE.findall("".join(cell["source"]))})
+        if glued:
+            first_code = next(cell for cell in content["cells"] if cell["cell_type"] == "code")
+            first_code["outputs"] = first_code.get("outputs", []) + [
+                {"output_type": "display_data", "data": {"text/plain": "0.5"},
+                 "metadata": {"scrapbook": {"name": key, "mime_prefix": ""}}} for key in glued]
         notebook.write_text(json.dumps(content))
 
     config = _config()

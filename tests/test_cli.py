@@ -239,8 +239,8 @@ def test_smoke_default_trains_on_the_synthetic_benchmark(tmp_path: Path, monkeyp
     assert main(["train", "--out", str(tmp_path / "demo"), "--epochs", "1", "--num-workers", "0", "--quiet"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and err[1] == f"feclip: generating the synthetic benchmark under {smoke.data_root}"
-    assert err[0].startswith("feclip: no ViT-L-14-336 / openai weights reachable: smoke run with the randomly "
-                             "initialised feclip-tiny backbone")
+    assert err[0].startswith("feclip: no ViT-L-14-336 / openai weights reachable: smoke run with feclip's toy CLIP "
+                             "(feclip-tiny pretrained on the synthetic world")
     record = json.loads((tmp_path / "demo" / "run.json").read_text())
     # It validates on a held-out part of its training data, never on the target (textures).
     assert record["train"] == f"synth:{smoke.data_root / 'objects'}" and record["target"] == f"synth:{smoke.data_root / 'textures'}"
