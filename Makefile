@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed
 CACHE  := $(CURDIR)/_build/cache
 export FECLIP_SMOKE_DATA ?= $(CACHE)/synthetic
 export FECLIP_RUNS ?= $(CACHE)/runs
+# Test processes (pytest-xdist); the chapters always run in order on one of them.
+TEST_WORKERS ?= auto
 
 .PHONY: book test install clean
 
@@ -29,7 +31,7 @@ book: $(STAMP)
 
 test: $(STAMP)
 	rm -rf $(CACHE)
-	FECLIP_PROFILE=smoke $(BIN)/python -m pytest
+	FECLIP_PROFILE=smoke $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf _build .pytest_cache

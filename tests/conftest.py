@@ -43,3 +43,11 @@ def tiny_images() -> torch.Tensor:
     """A batch of two random normalised images at the tiny backbone's 96 px, shape ``(2, 3, 96, 96)``."""
     generator = torch.Generator().manual_seed(1234)
     return torch.randn(2, 3, 96, 96, generator=generator)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``) the chapters run one after another
+    on one worker, in order: later chapters load the runs earlier ones trained, and they share the smoke data."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.xdist_group("notebooks"))
