@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.installed
 CACHE  := $(CURDIR)/_build/cache
 export FECLIP_SMOKE_DATA ?= $(CACHE)/synthetic
 export FECLIP_RUNS ?= $(CACHE)/runs
-# Test processes (pytest-xdist); the chapters always run in order on one of them.
-TEST_WORKERS ?= auto
+# Test processes (pytest-xdist; the suite is checked with two, the CI machine's cores); the chapters
+# always run in order on one of them.
+TEST_WORKERS ?= 2
 
 .PHONY: book test install clean
 
