@@ -46,7 +46,7 @@ def tiny_images() -> torch.Tensor:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``) the chapters run one after another
+    """With pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) the chapters run one after another
     on one worker, in order: later chapters load the runs earlier ones trained, and they share the smoke data."""
     for item in items:
         if item.path.suffix == ".ipynb":
