@@ -127,6 +127,17 @@ def _resize_mask_axis(masks: Tensor, length: int, dim: int) -> Tensor:
     return masks.index_select(dim, index)
 
 
+def _binary(masks: Tensor | np.ndarray) -> Tensor:
+    """Masks as a boolean tensor (any value ``> 0.5`` is anomalous), sharing memory where it can."""
+    if isinstance(masks, np.ndarray):
+        masks = np.ascontiguousarray(masks)  # flipped views (negative strides) cannot be shared
+        if not masks.flags.writeable:
+            masks = masks.copy()  # nor can read-only arrays (torch warns)
+    binary = torch.as_tensor(masks)
+    # Comparing a boolean tensor would promote it to float: leave those as they are.
+    return binary if binary.dtype == torch.bool else binary > 0.5
+
+
 def resize_masks(masks: Tensor | np.ndarray, size: ImageSize) -> Tensor:
     """Resize binary masks to ``size``: the one mask-resizing policy of feclip (training and evaluation).
 
@@ -146,11 +157,7 @@ def resize_masks(masks: Tensor | np.ndarray, size: ImageSize) -> Tensor:
         Boolean tensor ``(B, H, W)`` (or ``(H, W)`` for one mask), on the masks' device.
     """
     height, width = _size_hw(size)
-    if isinstance(masks, np.ndarray) and not masks.flags.writeable:
-        masks = masks.copy()  # torch cannot share a read-only array's memory (it warns)
-    binary = torch.as_tensor(masks)
-    if binary.dtype != torch.bool:  # comparing a boolean tensor would promote it to float: skip that
-        binary = binary > 0.5
+    binary = _binary(masks)
     if binary.ndim not in (2, 3):
         raise ValueError(f"masks must have shape (H, W) or (B, H, W), got {tuple(binary.shape)}")
     batch = binary if binary.ndim == 3 else binary[None]
@@ -170,10 +177,7 @@ def resize_mask(mask: np.ndarray, image_size: ImageSize, resize_mode: str = "squ
         Float32 tensor of shape ``(H, W)`` with values exactly 0 or 1.
     """
     height, width = _size_hw(image_size)
-    mask = np.asarray(mask)
-    flags = mask if mask.dtype == bool else mask > 0.5
-    # torch cannot share a read-only array's memory (it warns): copy those, share the rest.
-    binary = torch.from_numpy(np.array(flags, order="C", copy=not flags.flags.writeable or None))
+    binary = _binary(np.asarray(mask))
     if binary.ndim != 2:
         raise ValueError(f"mask must have shape (h, w), got {tuple(binary.shape)}")
     resized_hw, (top, left) = resize_geometry(tuple(binary.shape), (height, width), resize_mode)
