@@ -26,6 +26,25 @@ def train_argv(synth: Path, out: Path, *extra: str) -> list[str]:
             "--target", f"synth:{synth / 'textures'}", "--out", str(out), *QUICK, *extra]
 
 
+def small_smoke_profile(monkeypatch: pytest.MonkeyPatch, data_root: Path):
+    """The smoke profile with its data under ``data_root`` and its synthetic benchmark generated small (64 px).
+
+    What ``feclip train`` without ``--train`` runs, shrunk for a test. Returns the patched profile.
+    """
+    import dataclasses
+
+    import feclip.data
+    import feclip.profiles
+
+    smoke = dataclasses.replace(feclip.profiles.SMOKE, data_root=data_root)
+    monkeypatch.setattr(feclip.profiles, "SMOKE", smoke)
+    generate = feclip.data.generate_benchmark
+    monkeypatch.setattr(feclip.data, "generate_benchmark",
+                        lambda root, families: generate(root, image_size=64, n_train_good=0, n_test_good=2,
+                                                        n_test_defect_per_type=1, families=families))
+    return smoke
+
+
 def tiny_checkpoint(path: Path) -> Path:
     """An untrained FE-CLIP on the tiny random backbone, saved: what eval and predict need to run."""
     from feclip.checkpoint import save_checkpoint

@@ -18,6 +18,7 @@ from PIL import Image
 
 import feclip.data
 import feclip.profiles
+from cli_helpers import small_smoke_profile
 from feclip.checkpoint import read_metadata
 from feclip.cli import main
 from feclip.data import build_dataset, load_rgb, transforms_for_clip
@@ -229,12 +230,7 @@ def test_checkpoint_mismatch_on_resume_is_one_line_and_changes_nothing(run_dir: 
 
 
 def test_smoke_default_trains_on_the_synthetic_benchmark(tmp_path: Path, monkeypatch, capsys) -> None:
-    smoke = dataclasses.replace(feclip.profiles.SMOKE, data_root=tmp_path / "smoke-data")
-    monkeypatch.setattr(feclip.profiles, "SMOKE", smoke)
-    generate = feclip.data.generate_benchmark
-    monkeypatch.setattr(feclip.data, "generate_benchmark",
-                        lambda root, families: generate(root, image_size=64, n_train_good=0, n_test_good=2,
-                                                        n_test_defect_per_type=1, families=families))
+    smoke = small_smoke_profile(monkeypatch, tmp_path / "smoke-data")
     monkeypatch.setattr(feclip.data, "FAMILIES", {f: feclip.data.FAMILIES[f] for f in ("objects", "textures")})
     assert main(["train", "--out", str(tmp_path / "demo"), "--epochs", "1", "--num-workers", "0", "--quiet"]) == 0
     err = capsys.readouterr().err.splitlines()

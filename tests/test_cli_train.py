@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import QUICK, one_error_line, snapshot, train_argv, write_synth
+from cli_helpers import QUICK, one_error_line, small_smoke_profile, snapshot, train_argv, write_synth
 
 import feclip.checkpoint
 import feclip.train.loop
@@ -243,17 +243,7 @@ def test_bad_sizes_and_a_file_as_out_are_refused_before_any_work(synth: Path, tm
 
 def test_data_preparation_and_validation_show_progress(tmp_path: Path, monkeypatch, capsys) -> None:
     """The default run (the smoke profile on a CPU): no long silent stretch while data is made or a model validated."""
-    import dataclasses
-
-    import feclip.data
-    import feclip.profiles
-
-    smoke = dataclasses.replace(feclip.profiles.SMOKE, data_root=tmp_path / "data")
-    monkeypatch.setattr(feclip.profiles, "SMOKE", smoke)
-    generate = feclip.data.generate_benchmark
-    monkeypatch.setattr(feclip.data, "generate_benchmark",
-                        lambda root, families: generate(root, image_size=64, n_train_good=0, n_test_good=2,
-                                                        n_test_defect_per_type=1, families=families))
+    small_smoke_profile(monkeypatch, tmp_path / "data")
     assert main(["train", "--out", str(tmp_path / "demo"), "--epochs", "1", "--num-workers", "0"]) == 0
     err = capsys.readouterr().err
     assert "synthetic benchmark: 100%" in err and "3/3" in err  # objects, textures and assemblies
